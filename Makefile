@@ -1,0 +1,32 @@
+# Quick start: `make test`. Every target creates .venv first if it is missing.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.cakd-installed
+
+.PHONY: venv test sync nbtest pytest export clean bench
+
+$(STAMP): setup.py settings.ini
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+venv: $(STAMP)                      ## create .venv and install cakd with its dev tools
+
+sync: venv                          ## fail if nbdev_export / nbdev_clean would change anything
+	VENV_BIN=$(VENV)/bin tools/check-sync
+
+nbtest: venv                        ## run every notebook (cells flagged slow/gpu are skipped)
+	$(VENV)/bin/nbdev_test
+
+pytest: venv                        ## the pytest suite
+	$(PY) -m pytest -q tests
+
+test: sync nbtest pytest            ## everything CI runs
+
+export: venv                        ## notebooks -> cakd/, then clean the notebooks
+	$(VENV)/bin/nbdev_export && $(VENV)/bin/nbdev_clean
+
+bench: venv                         ## benchmarks, measured side by side
+	$(PY) bench/gl.py

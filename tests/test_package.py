@@ -1,0 +1,46 @@
+import json
+import subprocess
+import sys
+
+SNAPSHOT = r'''
+import json, sys, torch, torchvision, torch.nn.functional as F
+from torch import nn
+def snap():
+    mods = {'torch': torch, 'torch.nn': nn, 'torch.nn.functional': F, 'torchvision': torchvision,
+            'torchvision.models': torchvision.models, 'torchvision.models.vision_transformer': torchvision.models.vision_transformer,
+            'torchvision.models.resnet': torchvision.models.resnet}
+    out = {name: sorted(dir(m)) for name, m in mods.items()}
+    for cls in (nn.MultiheadAttention, nn.Module, torchvision.models.VisionTransformer, torchvision.models.ResNet,
+                torchvision.models.vision_transformer.EncoderBlock):
+        out[cls.__name__] = sorted((k, repr(v)) for k, v in vars(cls).items())
+    out['F.mha'] = repr(F.multi_head_attention_forward); out['F.sdpa'] = repr(F.scaled_dot_product_attention)
+    return out
+before = snap()
+import cakd, cakd.core, cakd.taps, cakd.pca, cakd.gl, cakd.mrt, cakd.losses, cakd.distiller
+vit = torchvision.models.VisionTransformer(32, 4, 2, 4, 64, 128, num_classes=10)
+d = cakd.distiller.Distiller(vit, torchvision.models.resnet18(num_classes=10), 'paper', ramp=None)
+d(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), 1)
+after = snap()
+print(json.dumps({k: before[k] == after[k] for k in before}))
+'''
+
+
+def test_torch_and_torchvision_carry_nothing_added_by_cakd():
+    out = subprocess.run([sys.executable, '-c', SNAPSHOT], capture_output=True, text=True, check=True).stdout
+    same = json.loads(out.strip().splitlines()[-1])
+    assert all(same.values()), [k for k, v in same.items() if not v]
+
+
+def test_no_literal_devices_or_imagenet_sizes_in_library_code():
+    import re
+    from pathlib import Path
+    import cakd
+    pattern = re.compile(r"""['"](cuda|mps)(:\d)?['"]|(?<![\d.])(224|196|768|1000)(?![\d.])""")
+    hits = []
+    for f in Path(cakd.__file__).parent.glob('*.py'):
+        if f.name == '_modidx.py': continue
+        for i, line in enumerate(f.read_text().splitlines(), 1):
+            code = line.split('#')[0]
+            if pattern.search(code) and 'def default_device' not in code: hits.append(f'{f.name}:{i}: {line.strip()}')
+    allowed = [h for h in hits if h.startswith('core.py') and "'cuda'" in h]   # the one place that picks a device
+    assert sorted(set(hits) - set(allowed)) == []
