@@ -162,3 +162,22 @@ def test_student_tap_through_compile_prefix_and_removal():
 def test_student_layer_that_is_not_a_map():
     with pytest.raises(ValueError, match=r"student layer 'fc' returned \(2, 10\)"):
         StudentTap(torchvision.models.resnet18(num_classes=10), layer='fc')(torch.randn(2, 3, 32, 32))
+
+
+def test_student_tap_through_ddp_module_prefix():
+    import socket
+    import torch.distributed as dist
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=0, world_size=1)
+    try:
+        m = torchvision.models.resnet18(num_classes=10)
+        ddp = nn.parallel.DistributedDataParallel(m)
+        tap = StudentTap(ddp, layer='module.layer3')
+        assert tap.stage is m.layer3
+        out = tap(torch.randn(2, 3, 64, 64))                         # runs through DDP's forward
+        assert out.feat.shape == (2, 256, 4, 4) and out.pooled.shape == (2, 512)
+        out.logits.sum().backward()
+        assert m.conv1.weight.grad is not None
+    finally:
+        dist.destroy_process_group()
