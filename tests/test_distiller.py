@@ -145,3 +145,13 @@ def test_paper_swap_only_in_training(vit):
         torch.manual_seed(1); c = d.compute(x, y, 1)[0]['attn']
         torch.manual_seed(2); e = d.compute(x, y, 1)[0]['attn']
     assert c != e
+
+
+def test_baseline_never_runs_the_teacher(vit):
+    d = Distiller(vit, torchvision.models.resnet18(num_classes=10), 'baseline')
+    calls = []
+    hook = vit.register_forward_hook(lambda *a: calls.append(1))
+    opt, _ = optimisers(d)
+    logs = train_step(d, *batch(), 50, opt)
+    hook.remove()
+    assert calls == [] and set(logs) == {'loss', 'ce', 'rho'}

@@ -1,0 +1,238 @@
+"""The training engine, run for real: the `cakd-train` console script and `torchrun` with gloo on the CPU,
+on JPEG ImageFolder trees of real handwritten digits written by the tests."""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from cakd.data import write_digits
+from cakd.train import TrainConfig, build_teacher, parse_config
+from dataclasses import fields
+
+BIN = Path(sys.executable).parent
+TEACHER = ['--teacher', 'timm:vit_tiny_patch16_224', '--teacher-weights', 'none',
+           '--teacher-options', '{"img_size": 32, "patch_size": 4, "num_classes": 10}']
+SMALL = ['--device', 'cpu', '--model', 'resnet18', '--batch-size', '8', '--lr', '0.01', '--workers', '0', '--print-freq', '5', *TEACHER]
+ENV = {**os.environ, 'CAKD_DEVICE': 'cpu', 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
+
+
+@pytest.fixture(scope='module')
+def digits(tmp_path_factory):
+    return write_digits(tmp_path_factory.mktemp('data') / 'digits', per_class=12)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return str(s.getsockname()[1])
+
+
+def cakd_train(*args, timeout=300):
+    return subprocess.run([str(BIN / 'cakd-train'), *args], capture_output=True, text=True, env=ENV, timeout=timeout)
+
+
+def torchrun(*args, nproc=2, timeout=300):
+    cmd = [str(BIN / 'torchrun'), f'--nproc_per_node={nproc}', f'--master_port={free_port()}', '-m', 'cakd.train', *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=timeout)
+
+
+def records(out, event='epoch'):
+    return [r for r in map(json.loads, (Path(out) / 'log.jsonl').read_text().splitlines()) if r['event'] == event]
+
+
+@pytest.mark.parametrize('method', ['baseline', 'logits', 'cakd'])
+def test_torchrun_two_processes_gloo_one_epoch(digits, tmp_path, method):
+    out = tmp_path / method
+    r = torchrun('--method', method, '--data', str(digits), '--output', str(out), '--epochs', '1', *SMALL,
+                 '--preset-options', '{"ramp": null}' if method == 'cakd' else '{}')
+    assert r.returncode == 0, r.stderr[-3000:]
+    for rank in (0, 1): assert f'[rank {rank}/2] epoch 0:' in r.stdout
+    (ep,) = records(out)
+    assert ep['val_n'] == 20 and 0 <= ep['val_top1'] <= 100                 # every val image counted once
+    expected = {'baseline': {'train_ce'}, 'logits': {'train_ce', 'train_kd'},
+                'cakd': {'train_ce', 'train_kd', 'train_attn', 'train_vv', 'train_feat', 'train_cls', 'train_adv', 'train_d_loss'}}[method]
+    assert expected <= {k for k in ep if k.startswith('train_')}
+    ck = torch.load(out / 'checkpoint.pt', weights_only=True)
+    assert ck['epoch'] == 1 and ck['config']['method'] == method and len(ck['rng']) == 2
+    plain = torchvision.models.resnet18(num_classes=10)
+    plain.load_state_dict(torch.load(out / 'student_last.pt', weights_only=True))   # a stock torchvision model
+    assert (out / 'epochs.csv').read_text().splitlines()[0].startswith('event,epoch,step,lr')
+
+
+def run_args(digits, out, *extra):
+    return ['--data', str(digits), '--output', str(out), '--epochs', '2', '--deterministic', '--seed', '1',
+            '--max-steps-per-epoch', '4', *SMALL, '--preset-options', '{"ramp": null}', *extra]
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(digits, tmp_path):
+    a = cakd_train(*run_args(digits, tmp_path / 'a'))
+    assert a.returncode == 0, a.stderr[-3000:]
+    b = cakd_train(*run_args(digits, tmp_path / 'b', '--crash-at-step', '6'))    # dies in the second epoch
+    assert b.returncode == -signal.SIGKILL
+    assert torch.load(tmp_path / 'b' / 'checkpoint.pt', weights_only=True)['epoch'] == 1
+    b = cakd_train(*run_args(digits, tmp_path / 'b'))                             # auto-resume from the run folder
+    assert b.returncode == 0, b.stderr[-3000:]
+    assert records(tmp_path / 'b', 'resume')[0]['epoch'] == 1
+    sa = torch.load(tmp_path / 'a' / 'student_last.pt', weights_only=True)
+    sb = torch.load(tmp_path / 'b' / 'student_last.pt', weights_only=True)
+    assert max((sa[k].double() - sb[k].double()).abs().max().item() for k in sa) <= 1e-6
+    ca = torch.load(tmp_path / 'a' / 'checkpoint.pt', weights_only=True)
+    cb = torch.load(tmp_path / 'b' / 'checkpoint.pt', weights_only=True)
+    for part in ('head', 'disc'):
+        assert all(torch.allclose(ca[part][k].double(), cb[part][k].double(), atol=1e-6) for k in ca[part])
+    assert ca['step'] == cb['step'] == 8
+
+
+def test_sigterm_leaves_a_loadable_checkpoint_and_resumes(digits, tmp_path):
+    out = tmp_path / 'run'
+    args = ['--data', str(digits), '--output', str(out), '--epochs', '50', *SMALL, '--method', 'logits']
+    p = subprocess.Popen([str(BIN / 'cakd-train'), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((out / 'log.jsonl').exists() and '"step"' in (out / 'log.jsonl').read_text()):
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    stdout, stderr = p.communicate(timeout=120)
+    assert p.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert 'stopped by signal 15' in stdout
+    ck = torch.load(out / 'checkpoint.pt', weights_only=True)
+    assert ck['step'] >= 5 and (ck['batches_done'] > 0 or ck['epoch'] > 0)
+    assert not list(out.glob('.checkpoint.pt.tmp*'))                              # no half-written file left
+    r = cakd_train(*args[:5], '2', *args[6:], '--max-steps-per-epoch', '3')
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert records(out, 'resume')[0]['step'] == ck['step']
+
+
+def test_non_finite_loss_stops_with_step_and_term_and_keeps_last_checkpoint(digits, tmp_path, fail):
+    out = tmp_path / 'nan'
+    err = fail('--data', digits, '--output', out, '--epochs', 2, '--max-steps-per-epoch', 3, *SMALL, '--method', 'logits',
+               '--preset-options', '{"weights": {"kd": 1e39}, "ramp": {"start": 0.5, "length": 1, "w_max": 1}}')
+    assert 'non-finite loss' in err and 'epoch 1, step 4' in err and "'loss'" in err
+    assert torch.load(out / 'checkpoint.pt', weights_only=True)['epoch'] == 1      # epoch 0's checkpoint is intact
+
+
+@pytest.fixture
+def main_in_process(capsys):
+    "`cakd-train` run in this process (the same entry point, without the interpreter start-up)."
+    from cakd.train import main
+    def run(*args):
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+    return run
+
+
+@pytest.fixture
+def fail(main_in_process):
+    def run(*args):
+        code, out, err = main_in_process(*args)
+        assert code == 1, (code, err[-2000:])
+        return err
+    return run
+
+
+def test_bad_folders_are_named(digits, tmp_path, fail):
+    shutil.copytree(digits / 'train', tmp_path / 'only_train' / 'train')
+    assert f"{tmp_path / 'only_train' / 'val'} is missing" in fail('--data', str(tmp_path / 'only_train'), *SMALL)
+    bad = tmp_path / 'empty_class'
+    shutil.copytree(digits, bad)
+    (bad / 'train' / 'x').mkdir()
+    assert f"class folder(s) with no images" in (err := fail('--data', str(bad), *SMALL)) and str(bad / 'train' / 'x') in err
+
+
+def test_corrupt_image_is_named_or_skipped_and_counted(digits, tmp_path, fail, main_in_process):
+    data = tmp_path / 'corrupt'
+    shutil.copytree(digits, data)
+    broken = data / 'train' / '4' / 'zz_broken.jpg'
+    broken.write_bytes(b'\xff\xd8 this is not a jpeg')
+    args = ['--data', str(data), '--epochs', '1', *SMALL, '--method', 'baseline', '--batch-size', '4']
+    assert f'cannot read image {broken}' in fail(*args, '--output', str(tmp_path / 'r1'))
+    code, _, err = main_in_process(*args, '--output', str(tmp_path / 'r2'), '--skip-bad-images')
+    assert code == 0, err[-2000:]
+    assert records(tmp_path / 'r2')[0]['skipped_images'] == 1
+
+
+def test_class_count_mismatch_and_foreign_checkpoint(digits, tmp_path, fail, main_in_process):
+    t1000 = ['--teacher', 'timm:vit_tiny_patch16_224', '--teacher-weights', 'none', '--teacher-options', '{"img_size": 32, "patch_size": 4}']
+    err = fail('--data', str(digits), '--output', str(tmp_path / 'm'), *SMALL, *t1000)
+    assert 'the teacher has 1000 classes and the student 10' in err
+    out = tmp_path / 'c'
+    assert main_in_process('--data', digits, '--output', out, '--epochs', 1, '--max-steps-per-epoch', 1, *SMALL, '--method', 'baseline')[0] == 0
+    err = fail('--data', str(digits), '--output', str(out), '--epochs', '2', *SMALL, '--method', 'logits')
+    assert f"checkpoint {out / 'checkpoint.pt'} was written by another configuration (method: checkpoint 'baseline', now 'logits')" in err
+
+
+def test_impossible_device_and_unknown_weights(digits, tmp_path, fail):
+    if torch.cuda.is_available(): pytest.skip('this machine has CUDA')
+    assert 'CUDA is not available here' in fail('--data', str(digits), *SMALL, '--device', 'cuda')
+    err = fail('--data', str(digits), '--teacher', 'vit_b_16', '--teacher-weights', 'IMAGENET_NOPE', '--device', 'cpu')
+    assert "unknown vit_b_16 weights 'IMAGENET_NOPE'; valid values are: IMAGENET1K_V1" in err
+
+
+def test_fewer_than_five_classes_reports_top_k(digits, tmp_path, main_in_process):
+    data = tmp_path / 'three'
+    shutil.copytree(digits, data)
+    for split in ('train', 'val'):
+        for c in range(3, 10): shutil.rmtree(data / split / str(c))
+    code, _, err = main_in_process('--data', data, '--output', tmp_path / 'o', '--epochs', 1, *SMALL, '--method', 'baseline',
+                                   '--val-resize', 'both', '--teacher-options', '{"img_size": 32, "patch_size": 4, "num_classes": 3}')
+    assert code == 0, err[-2000:]
+    ep = records(tmp_path / 'o')[0]
+    assert {'val_32_top1', 'val_32_top3', 'val_37_top3'} <= set(ep) and 'val_32_top5' not in ep
+
+
+def test_help_documents_every_option():
+    r = cakd_train('--help')
+    assert r.returncode == 0
+    text = ' '.join(r.stdout.split())
+    for f in fields(TrainConfig):
+        assert '--' + f.name.replace('_', '-') in text, f.name
+    assert 'torchrun --nproc_per_node=8' in text and '--nnodes=2' in text
+
+
+def test_yaml_then_flags_override_recipe(tmp_path):
+    y = tmp_path / 'run.yaml'
+    y.write_text('method: logits\nepochs: 7\nlr: 0.05\n')
+    cfg = parse_config(['--config', str(y), '--lr', '0.2'])
+    assert (cfg.method, cfg.epochs, cfg.lr, cfg.model_ema, cfg.ra_reps) == ('logits', 7, 0.2, True, 4)
+    y.write_text('epoch: 7\n')
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['epoch'\]"):
+        parse_config(['--config', str(y)])
+
+
+def test_teacher_from_local_files(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+    src = timm.create_model('vit_tiny_patch16_224', img_size=32, patch_size=4, num_classes=7)
+    torch.save({'model': src.state_dict()}, tmp_path / 't.pth')
+    save_file(src.state_dict(), str(tmp_path / 't.safetensors'))
+    for f in ('t.pth', 't.safetensors'):
+        cfg = parse_config(['--teacher', 'timm:vit_tiny_patch16_224', '--teacher-weights', str(tmp_path / f),
+                            '--teacher-options', '{"img_size": 32, "patch_size": 4}'])
+        m, norm = build_teacher(cfg)
+        assert m.head.out_features == 7                                     # class count read from the file
+        assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), src.state_dict().values()))
+        assert norm == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    with pytest.raises(FileNotFoundError, match='weights file .*missing.pt does not exist'):
+        build_teacher(parse_config(['--teacher-weights', str(tmp_path / 'missing.pt')]))
+
+
+@pytest.mark.parametrize('amp', ['bf16', 'fp16'])
+def test_mixed_precision_and_channels_last(digits, tmp_path, main_in_process, amp):
+    out = tmp_path / amp
+    code, _, err = main_in_process('--data', digits, '--output', out, '--epochs', 1, '--max-steps-per-epoch', 2, *SMALL,
+                                   '--amp', amp, '--channels-last', '--preset-options', '{"ramp": null}', '--check-teacher')
+    assert code == 0, err[-2000:]
+    ck = torch.load(out / 'checkpoint.pt', weights_only=True)
+    assert (ck['scaler'] is not None) == (amp == 'fp16')
+    assert 0 <= records(out, 'teacher')[0]['teacher_top1'] <= 100
+    ep = records(out)[0]
+    assert all(v == v and abs(v) < float('inf') for k, v in ep.items() if k.startswith('train_'))
