@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cakd-installed
 
-.PHONY: venv test sync nbtest pytest export clean bench
+.PHONY: venv test sync nbtest pytest export bench reproduce
 
 $(STAMP): setup.py settings.ini
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -24,6 +24,14 @@ pytest: venv                        ## the pytest suite
 	$(PY) -m pytest -q tests
 
 test: sync nbtest pytest            ## everything CI runs
+
+REPRODUCE_OUT ?= runs/reproduce
+REPRODUCE_ARGS ?=
+
+reproduce: venv                     ## the main job on CPU defaults: runs/reproduce/results.json and figures
+	@mkdir -p $(REPRODUCE_OUT)
+	CAKD_DEVICE=$${CAKD_DEVICE:-cpu} $(VENV)/bin/papermill nbs/experiments/reproduce.ipynb $(REPRODUCE_OUT)/reproduce.ipynb \
+		-p output $(REPRODUCE_OUT) --log-output $(REPRODUCE_ARGS)
 
 export: venv                        ## notebooks -> cakd/, then clean the notebooks
 	$(VENV)/bin/nbdev_export && $(VENV)/bin/nbdev_clean

@@ -5,7 +5,6 @@ python bench/gl.py [--batch 64] [--grid 14] [--in-dim 1024] [--out-dim 768] [--r
 Each line is forward + backward of the same tokens; the last line is the ratio GL / floor.
 """
 import argparse
-import time
 
 import torch
 from torch import nn
@@ -13,16 +12,7 @@ from torch import nn
 from cakd.core import default_device
 from cakd.gl import GLProjector, gl_reference
 
-
-def interleaved(fns: dict, reps: int, sync) -> dict:
-    "Median seconds of each of `fns`, run in turns (A, B, C, A, B, C, ...) after one warm-up each."
-    for f in fns.values(): f()
-    sync()
-    times = {name: [] for name in fns}
-    for _ in range(reps):
-        for name, f in fns.items():
-            t0 = time.perf_counter(); f(); sync(); times[name].append(time.perf_counter() - t0)
-    return {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}
+from timing import interleaved  # bench/timing.py, beside this script
 
 
 def main(argv=None):

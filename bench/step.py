@@ -7,7 +7,6 @@ backward, projectors, discriminator step, optimiser steps), then the parts measu
 the ratio cakd/logits. Random weights: nothing is downloaded.
 """
 import argparse
-import time
 
 import torch
 import torchvision
@@ -17,16 +16,7 @@ from cakd.distiller import Distiller, train_step
 from cakd.losses import Ramp
 from cakd.pca import attention_target
 
-
-def interleaved(fns: dict, reps: int, sync) -> dict:
-    "Median seconds of each of `fns`, run in turns after one warm-up each."
-    for f in fns.values(): f()
-    sync()
-    times = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, f in fns.items():
-            t0 = time.perf_counter(); f(); sync(); times[k].append(time.perf_counter() - t0)
-    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+from timing import interleaved  # bench/timing.py, beside this script
 
 
 def main(argv=None):

@@ -23,9 +23,10 @@ def sh_blocks(lang):
     return re.findall(rf'```{lang}\n(.*?)```', (ROOT / 'README.md').read_text(), re.S)
 
 
-def test_readme_make_test_is_what_ci_runs():
-    assert sh_blocks('sh')[0].strip() == 'make test'
-    assert 'make test' in (ROOT / '.ci' / 'run').read_text()
+def test_readme_quick_start_is_two_make_targets():
+    assert sh_blocks('sh')[0].split() == ['make', 'reproduce', 'make', 'test']
+    assert 'make test' in (ROOT / '.ci' / 'run').read_text()                       # CI runs make test
+    assert 'def test_make_reproduce' in (ROOT / 'tests' / 'test_experiments.py').read_text()   # a test runs make reproduce
 
 
 def test_readme_training_smoke_commands_run(tmp_path):

@@ -45,8 +45,7 @@ def torchrun(*args, nproc=2, timeout=300):
     return subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=timeout)
 
 
-def records(out, event='epoch'):
-    return [r for r in map(json.loads, (Path(out) / 'log.jsonl').read_text().splitlines()) if r['event'] == event]
+from cakd.train import read_records as records
 
 
 @pytest.mark.parametrize('method', ['baseline', 'logits', 'cakd'])
@@ -236,3 +235,13 @@ def test_mixed_precision_and_channels_last(digits, tmp_path, main_in_process, am
     assert 0 <= records(out, 'teacher')[0]['teacher_top1'] <= 100
     ep = records(out)[0]
     assert all(v == v and abs(v) < float('inf') for k, v in ep.items() if k.startswith('train_'))
+
+
+def test_teacher_none_only_for_baseline_and_needs_a_crop():
+    with pytest.raises(ValueError, match='--teacher none trains without a teacher, which only --method baseline does'):
+        parse_config(['--teacher', 'none', '--method', 'logits'])
+    with pytest.raises(ValueError, match='give --train-crop-size'):
+        parse_config(['--teacher', 'none', '--method', 'baseline'])
+    cfg = parse_config(['--teacher', 'none', '--method', 'baseline', '--train-crop-size', '32', '--opt', 'adamw'])
+    assert (cfg.teacher, cfg.opt) == ('none', 'adamw')
+    assert build_teacher(cfg) == (None, None)
