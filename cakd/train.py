@@ -103,6 +103,8 @@ class TrainConfig:
     seed: int = _opt(0, 'random seed')
     deterministic: bool = _opt(False, 'deterministic algorithms (exact resumption; slower)')
     print_freq: int = _opt(10, 'steps between log lines')
+    eval_every: int = _opt(1, 'evaluate every N epochs and after the last one')
+    save_every: int = _opt(1, 'write the checkpoint and student weights every N epochs and after the last one (a signal always writes one)')
     max_steps_per_epoch: int | None = _opt(None, 'cut epochs short (smoke runs)')
     resume: str = _opt('auto', 'auto (from the run folder if a checkpoint is there) | never | a checkpoint path')
     tensorboard: bool = _opt(True, 'also log to TensorBoard when it is installed')
@@ -179,6 +181,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ValueError(f"--teacher none trains without a teacher, which only --method baseline does (got --method {cfg.method})")
     if cfg.teacher == 'none' and cfg.train_crop_size is None:
         raise ValueError("--teacher none: give --train-crop-size (crops default to the teacher's image size)")
+    for name in ('eval_every', 'save_every', 'epochs', 'batch_size'):
+        if getattr(cfg, name) < 1: raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
     if cfg.val_resize not in ('official', 'standard', 'both') and not cfg.val_resize.isdigit():
         raise ValueError(f"--val-resize must be official, standard, both or a number, got {cfg.val_resize!r}")
     return cfg
@@ -449,12 +453,13 @@ class Trainer:
         print(f"[rank {self.env.rank}/{self.env.world}] {msg}", flush=True)
 
     def _epoch_csv(self, row: dict):
+        "Append `row` to epochs.csv; the header grows when a row brings new columns (an epoch with evaluation after one without)."
         path = self.out / 'epochs.csv'
-        new = not path.exists()
-        with open(path, 'a', newline='') as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
-            if new: w.writeheader()
-            w.writerow(row)
+        rows = list(csv.DictReader(path.open(newline=''))) if path.exists() else []
+        fields = list(dict.fromkeys([k for r in rows for k in r] + list(row)))
+        with open(path, 'w', newline='') as f:
+            w = csv.DictWriter(f, fieldnames=fields, restval='')
+            w.writeheader(); w.writerows(rows + [row])
 
     # ---- signals
     def _on_signal(self, signum, frame): self._stop = signum
@@ -554,29 +559,34 @@ class Trainer:
                 if self.d_sched is not None: self.d_sched.step()
                 record = {'event': 'epoch', 'epoch': self.epoch, 'step': self.step, 'lr': self.opt.param_groups[0]['lr'],
                           **{f'train_{k}': round(v, 5) for k, v in train_logs.items()}, 'skipped_images': skipped}
-                for r, loader in self.val.items():
-                    suffix = '' if len(self.val) == 1 else f'_{r}'
-                    record.update({f'val{suffix}_{k}': v for k, v in self.evaluate(self.distiller.student, loader).items()})
-                    if self.ema is not None:
-                        record.update({f'ema{suffix}_{k}': v for k, v in self.evaluate(self.ema.module, loader).items()})
-                first = next(iter(self.val))
-                suffix = '' if len(self.val) == 1 else f'_{first}'
-                scored = [(record[f'val{suffix}_top1'], self.distiller.student)]
-                if self.ema is not None: scored.append((record[f'ema{suffix}_top1'], self.ema.module))
-                top1, best_model = max(scored, key=lambda t: t[0])
+                last = self.epoch + 1 == c.epochs
+                top1, best_model = -1.0, None
+                if last or (self.epoch + 1) % c.eval_every == 0:
+                    for r, loader in self.val.items():
+                        suffix = '' if len(self.val) == 1 else f'_{r}'
+                        record.update({f'val{suffix}_{k}': v for k, v in self.evaluate(self.distiller.student, loader).items()})
+                        if self.ema is not None:
+                            record.update({f'ema{suffix}_{k}': v for k, v in self.evaluate(self.ema.module, loader).items()})
+                    first = next(iter(self.val))
+                    suffix = '' if len(self.val) == 1 else f'_{first}'
+                    scored = [(record[f'val{suffix}_top1'], self.distiller.student)]
+                    if self.ema is not None: scored.append((record[f'ema{suffix}_top1'], self.ema.module))
+                    top1, best_model = max(scored, key=lambda t: t[0])
                 self.epoch += 1
-                if e.main:
-                    save_atomic(export_student(self.distiller), self.out / 'student_last.pt')
-                    if self.ema is not None: save_atomic(clean_state_dict(self.ema.module.state_dict()), self.out / 'student_ema_last.pt')
-                    if top1 > self.best: save_atomic(clean_state_dict(unwrap(best_model).state_dict()), self.out / 'student_best.pt')
+                if e.main and top1 > self.best: save_atomic(clean_state_dict(unwrap(best_model).state_dict()), self.out / 'student_best.pt')
                 self.best = max(self.best, top1)
-                self.save()
+                stop = self._agree_to_stop()                       # every rank decides alike whether to save
+                if last or self.epoch % c.save_every == 0 or stop:
+                    if e.main:
+                        save_atomic(export_student(self.distiller), self.out / 'student_last.pt')
+                        if self.ema is not None: save_atomic(clean_state_dict(self.ema.module.state_dict()), self.out / 'student_ema_last.pt')
+                    self.save()
                 self.log(record)
                 if e.main: self._epoch_csv(record)
                 if tb is not None:
                     for k, v in record.items():
                         if isinstance(v, (int, float)) and k not in ('epoch', 'event'): tb.add_scalar(k, v, self.epoch)
-                if self._agree_to_stop(): raise Stop()
+                if stop: raise Stop()
         finally:
             for s, h in old.items(): signal.signal(s, h)
             if tb is not None: tb.close()

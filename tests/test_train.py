@@ -188,6 +188,21 @@ def test_fewer_than_five_classes_reports_top_k(digits, tmp_path, main_in_process
     assert {'val_32_top1', 'val_32_top3', 'val_37_top3'} <= set(ep) and 'val_32_top5' not in ep
 
 
+def test_eval_and_save_every_n_epochs(digits, tmp_path, main_in_process, fail):
+    out = tmp_path / 'sparse'
+    code, _, err = main_in_process('--data', digits, '--output', out, '--epochs', 3, '--eval-every', 2, '--save-every', 2,
+                                   '--max-steps-per-epoch', 2, *SMALL, '--method', 'baseline')
+    assert code == 0, err[-2000:]
+    eps = records(out)
+    assert ['val_top1' in e for e in eps] == [False, True, True]          # epoch 2 of 3 and the last
+    rows = (out / 'epochs.csv').read_text().splitlines()
+    header = rows[0].split(',')
+    assert 'val_top1' in header and len(rows) == 4
+    assert rows[1].split(',')[header.index('val_top1')] == ''             # epoch 0 was not evaluated
+    assert torch.load(out / 'checkpoint.pt', weights_only=True)['epoch'] == 3
+    assert "--eval-every must be at least 1, got 0" in fail('--data', str(digits), '--eval-every', '0', *SMALL)
+
+
 def test_help_documents_every_option():
     r = cakd_train('--help')
     assert r.returncode == 0
