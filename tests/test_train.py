@@ -203,6 +203,24 @@ def test_eval_and_save_every_n_epochs(digits, tmp_path, main_in_process, fail):
     assert "--eval-every must be at least 1, got 0" in fail('--data', str(digits), '--eval-every', '0', *SMALL)
 
 
+def test_load_run_gives_trained_and_initial_distiller(digits, tmp_path, main_in_process):
+    from cakd.train import Trainer, load_run
+    out = tmp_path / 'run'
+    args = ['--data', digits, '--output', out, '--epochs', 1, '--max-steps-per-epoch', 2, *SMALL, '--preset-options', '{"ramp": null}']
+    code, _, err = main_in_process(*args)
+    assert code == 0, err[-2000:]
+    after = load_run(out)
+    last = torch.load(out / 'student_last.pt', weights_only=True)
+    assert all(torch.equal(v, last[k]) for k, v in after.student.state_dict().items())
+    assert not after.training and after.head.pca is not None
+    before = load_run(out, checkpoint=None)
+    fresh = Trainer(parse_config([str(a) for a in args] + ['--resume', 'never', '--output', str(tmp_path / 'fresh')])).distiller
+    for (k, v), w in zip(before.student.state_dict().items(), fresh.student.state_dict().values()):
+        assert torch.equal(v, w), k                                           # the run's own initial weights
+    assert any(not torch.equal(v, last[k]) for k, v in before.student.state_dict().items() if v.is_floating_point())
+    with pytest.raises(FileNotFoundError, match='is .* a cakd-train run folder'): load_run(tmp_path)
+
+
 def test_help_documents_every_option():
     r = cakd_train('--help')
     assert r.returncode == 0
