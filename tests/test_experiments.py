@@ -18,6 +18,9 @@ def test_exactly_one_parameters_cell_then_derived_values(nb):
     assert all('=' in l and '#' in l for l in params.splitlines() if l.strip()), 'flat, commented assignments'
     assert cells[tagged[0] + 1]['cell_type'] == 'code'                        # derived values come next
     assert not any(c.get('outputs') for c in cells)                           # committed clean
+    import papermill as pm
+    names = {l.split('=')[0].strip() for l in params.splitlines() if '=' in l}
+    assert set(pm.inspect_notebook(str(nb))) == names                         # papermill parses every line
 
 
 def test_make_reproduce_with_tiny_parameters(tmp_path):
@@ -35,3 +38,125 @@ def test_make_reproduce_with_tiny_parameters(tmp_path):
         assert (out / fig).stat().st_size > 5000
     executed = json.loads((out / 'reproduce.ipynb').read_text())
     assert executed['metadata']['papermill']['parameters']['teacher_epochs'] == 1
+
+
+# ---- imagenet: the torchrun launcher, run on CPU processes (gloo) over a JPEG tree of digits
+import socket
+
+import papermill as pm
+import torch
+
+from cakd.data import write_digits
+
+TINY_TEACHER = dict(teacher='timm:vit_tiny_patch16_224', teacher_weights='none',
+                    teacher_options='{"img_size": 32, "patch_size": 4, "num_classes": 10}')
+
+
+@pytest.fixture(scope='module')
+def digits(tmp_path_factory):
+    return write_digits(tmp_path_factory.mktemp('data') / 'digits', per_class=8)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def imagenet(out, **params):
+    out.mkdir(parents=True, exist_ok=True)
+    return pm.execute_notebook(str(ROOT / 'nbs/experiments/imagenet.ipynb'), str(out / 'imagenet.ipynb'), cwd=str(ROOT),
+                               parameters=dict(output=str(out), master_port=free_port(), **params), progress_bar=False)
+
+
+def test_imagenet_launcher_two_cpu_processes(digits, tmp_path):
+    out = tmp_path / 'run'
+    imagenet(out, data=str(digits), device='cpu', nproc_per_node=2, epochs=1, batch_size=8, workers=0, student='resnet18',
+             extra_args=['--max-steps-per-epoch', '2', '--lr', '0.01', '--preset-options', '{"ramp": null}'], **TINY_TEACHER)
+    res = json.loads((out / 'results.json').read_text())
+    assert res['world_size'] == 2 and res['global_batch'] == 16 and res['epochs_run'] == 1
+    (top1,) = res['methods']['cakd_official']['top1']
+    assert 0 <= top1 <= 100 and res['params']['nproc_per_node'] == 2
+    log = (out / 'torchrun.log').read_text()
+    assert '[rank 0/2] epoch 0' in log and '[rank 1/2] epoch 0' in log
+    executed = json.loads((out / 'imagenet.ipynb').read_text())
+    streamed = ''.join(o.get('text', '') if isinstance(o.get('text', ''), str) else ''.join(o['text'])
+                       for c in executed['cells'] for o in c.get('outputs', []))
+    assert '[rank 1/2] epoch 0' in streamed                                   # the log reached the notebook
+    assert (out / 'curves.png').stat().st_size > 5000
+    ck = torch.load(out / 'checkpoint.pt', weights_only=True)
+    assert len(ck['rng']) == 2 and ck['config']['method'] == 'cakd'
+
+
+def test_imagenet_dry_run_checks_and_stops(digits, tmp_path):
+    nb = imagenet(tmp_path / 'dry', data=str(digits), device='cpu', nproc_per_node=2, dry_run=True, **TINY_TEACHER)
+    assert not (tmp_path / 'dry' / 'log.jsonl').exists() and not (tmp_path / 'dry' / 'results.json').exists()
+    printed = ''.join(''.join(o.get('text', '')) for c in nb['cells'] for o in c.get('outputs', []))
+    assert '--nproc_per_node=2' in printed and '"world_size": 2' in printed
+
+
+@pytest.mark.parametrize('case', ['gpus', 'folder', 'classes'])
+def test_imagenet_impossible_requests_fail_with_the_reason(digits, tmp_path, case):
+    params = dict(data=str(digits), device='cpu', nproc_per_node=2, **TINY_TEACHER)
+    if case == 'gpus':
+        n = torch.cuda.device_count() + 1 if torch.cuda.is_available() else 8
+        params.update(device='cuda', nproc_per_node=n)
+        expected = 'are visible' if torch.cuda.is_available() else 'CUDA is not available'
+    elif case == 'folder':
+        params.update(data=str(tmp_path / 'no_such_folder'))
+        expected = f"data: data folder {tmp_path / 'no_such_folder'} does not exist"
+    else:
+        params.update(teacher_options='{"img_size": 32, "patch_size": 4, "num_classes": 1000}')
+        expected = 'predicts 1000 classes but'
+    with pytest.raises(pm.PapermillExecutionError) as err:
+        imagenet(tmp_path / case, **params)
+    assert err.value.ename == 'LaunchError' and expected in err.value.evalue
+    assert not (tmp_path / case / 'log.jsonl').exists()
+
+
+# ---- attention_maps and results, on a CAKD run trained here
+from cakd.train import train
+
+
+@pytest.fixture(scope='module')
+def cakd_run(digits, tmp_path_factory):
+    out = tmp_path_factory.mktemp('runs') / 'cakd_official_seed0'
+    train(['--data', digits, '--output', out, '--method', 'cakd', '--epochs', 1, '--max-steps-per-epoch', 3, '--device', 'cpu',
+           '--model', 'resnet18', '--batch-size', 8, '--lr', 0.01, '--workers', 0, '--no-tensorboard',
+           '--teacher', TINY_TEACHER['teacher'], '--teacher-weights', 'none', '--teacher-options', TINY_TEACHER['teacher_options'],
+           '--preset-options', '{"ramp": null}'])
+    return out
+
+
+def test_attention_maps_on_photos_before_and_after(cakd_run, tmp_path):
+    out = tmp_path / 'maps'
+    out.mkdir()
+    pm.execute_notebook(str(ROOT / 'nbs/experiments/attention_maps.ipynb'), str(out / 'attention_maps.ipynb'), cwd=str(ROOT),
+                        parameters=dict(run=str(cakd_run), images=['astronaut', 'camera'], output=str(out)), progress_bar=False)
+    res = json.loads((out / 'results.json').read_text())
+    assert set(res['agreement']) == {'astronaut', 'camera'}
+    for photo in res['agreement'].values():
+        assert set(photo) == {'before', 'after'} and all(0 <= v['mse'] and -1 <= v['cosine'] <= 1 for v in photo.values())
+        assert photo['before'] != photo['after']                               # the trained projector changed the map
+    for photo in ('astronaut', 'camera'):
+        assert (out / f'attention_{photo}.png').stat().st_size > 5000
+
+
+def test_results_notebook_collects_runs(tmp_path):
+    runs = tmp_path / 'runs'
+    for name, accs in [('reproduce', {'baseline': [60.0, 62.0], 'cakd_official': [70.0, 71.0]}), ('imagenet', {'cakd_official': [75.5]})]:
+        (runs / name).mkdir(parents=True)
+        (runs / name / 'results.json').write_text(json.dumps({'params': {'seeds': [0, 1]}, 'teacher': {'top1': 90.0}, 'methods': {m: {'top1': a} for m, a in accs.items()}}))
+    out = tmp_path / 'summary'
+    out.mkdir()
+    pm.execute_notebook(str(ROOT / 'nbs/experiments/results.ipynb'), str(out / 'results.ipynb'), cwd=str(ROOT),
+                        parameters=dict(folder=str(runs), output=str(out)), progress_bar=False)
+    summary = {(r['run'], r['method']): r for r in json.loads((out / 'results-summary.json').read_text())['summary']}
+    assert summary[('reproduce', 'baseline')]['mean'] == 61.0 and summary[('reproduce', 'baseline')]['n'] == 2
+    assert summary[('imagenet', 'cakd_official')]['n'] == 1 and summary[('imagenet', 'teacher')]['mean'] == 90.0
+    published = json.loads((out / 'results-summary.json').read_text())['published']
+    assert {p['source'] for p in published} == {'official README', 'paper'}
+    assert (out / 'results.png').stat().st_size > 10000 and len((out / 'summary.csv').read_text().splitlines()) == 1 + 5
+    with pytest.raises(pm.PapermillExecutionError, match='no results.json'):
+        pm.execute_notebook(str(ROOT / 'nbs/experiments/results.ipynb'), str(tmp_path / 'x.ipynb'), cwd=str(ROOT),
+                            parameters=dict(folder=str(tmp_path / 'empty'), output=str(tmp_path / 'e')), progress_bar=False)
