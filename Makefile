@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cakd-installed
 
-.PHONY: venv test sync nbtest pytest export bench reproduce
+.PHONY: venv test sync nbtest pytest export bench reproduce lab docs readme
 
 $(STAMP): setup.py settings.ini
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -14,8 +14,9 @@ $(STAMP): setup.py settings.ini
 
 venv: $(STAMP)                      ## create .venv and install cakd with its dev tools
 
-sync: venv                          ## fail if nbdev_export / nbdev_clean would change anything
+sync: venv                          ## fail if nbdev_export / nbdev_clean would change anything, or README.md is stale
 	VENV_BIN=$(VENV)/bin tools/check-sync
+	$(PY) tools/readme.py --check
 
 nbtest: venv                        ## run every notebook (cells flagged slow/gpu are skipped)
 	$(VENV)/bin/nbdev_test
@@ -35,6 +36,21 @@ reproduce: venv                     ## the main job on CPU defaults: runs/reprod
 
 export: venv                        ## notebooks -> cakd/, then clean the notebooks
 	$(VENV)/bin/nbdev_export && $(VENV)/bin/nbdev_clean
+
+readme: venv                        ## README.md from nbs/index.ipynb
+	$(PY) tools/readme.py
+
+LAB_PORT ?= 8888
+LAB_ARGS ?=
+
+lab: venv                           ## JupyterLab on the project's kernel ("cakd (.venv)")
+	$(PY) -m ipykernel install --sys-prefix --name cakd --display-name "cakd (.venv)" > /dev/null
+	$(VENV)/bin/jupyter lab --no-browser --port=$(LAB_PORT) $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) $(LAB_ARGS)
+
+DOCS_OUT ?= _docs
+
+docs: venv                          ## the docs site in $(DOCS_OUT): nbdev_docs with Quarto, else nbdev_proc_nbs + nbconvert
+	$(PY) tools/docs.py --out $(DOCS_OUT)
 
 bench: venv                         ## benchmarks, measured side by side
 	$(PY) bench/gl.py

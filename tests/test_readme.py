@@ -46,17 +46,19 @@ def test_readme_gpu_commands_parse():
     from cakd.train import parse_config
     (block,) = sh_blocks('bash')
     lines = [l for l in block.splitlines() if l.strip()]
-    assert len(lines) == 2
+    assert len(lines) == 3
+    (pm_line,) = [l for l in lines if l.startswith('papermill ')]
+    argv = shlex.split(pm_line)
+    nb = json.loads((ROOT / argv[1]).read_text())                       # the notebook exists
+    (params,) = [''.join(c['source']) for c in nb['cells'] if 'parameters' in c.get('metadata', {}).get('tags', [])]
+    names = {l.split('=')[0].strip() for l in params.splitlines() if '=' in l}
+    given = {argv[i + 1]: argv[i + 2] for i, a in enumerate(argv) if a == '-p'}
+    assert given == {'data': '/data/imagenet'} and set(given) <= names and '--log-output' in argv
     for line in lines:
+        if line.startswith('papermill '): continue
         argv = shlex.split(line)
         assert argv[0] == 'torchrun'
         run = get_args_parser().parse_args(argv[1:])
         assert run.module and run.training_script == 'cakd.train' and run.nproc_per_node == '8'
         cfg = parse_config(run.training_script_args)
         assert (cfg.method, cfg.preset, cfg.epochs, cfg.batch_size, cfg.data) == ('cakd', 'official', 120, 32, '/data/imagenet')
-
-
-def test_readme_matches_index_notebook():
-    nb = json.loads((ROOT / 'nbs' / 'index.ipynb').read_text())
-    md = '\n\n'.join(''.join(c['source']) for c in nb['cells'] if c['cell_type'] == 'markdown')
-    assert md.strip() == (ROOT / 'README.md').read_text().strip()

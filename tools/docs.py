@@ -1,0 +1,110 @@
+"""Build the docs site into _docs/ (or --out).
+
+With Quarto on PATH this is `nbdev_docs`. Without it (Quarto cannot be installed on every machine), the
+notebooks are processed by `nbdev_proc_nbs` exactly as for Quarto (show_doc cells, hidden cells, front
+matter) and each processed notebook is rendered to HTML by nbconvert, in the sidebar's order, with a
+sidebar linking the pages. The site has the same pages and file names as the Quarto one."""
+import argparse
+import html
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import yaml
+from nbconvert import HTMLExporter
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def sidebar() -> list:
+    "[(section or None, notebook path relative to nbs/)] in the sidebar's order."
+    items = []
+    def walk(entries, section):
+        for e in entries:
+            if isinstance(e, str): items.append((section, e))
+            else: walk(e.get('contents', []), e.get('section', section))
+    walk(yaml.safe_load((ROOT / 'nbs' / 'sidebar.yml').read_text())['website']['sidebar']['contents'], None)
+    return items
+
+
+def front_matter(nb) -> tuple:
+    "(front matter dict, notebook without its front-matter cell) of a processed notebook."
+    first = nb.cells[0] if nb.cells else None
+    if first is not None and first.cell_type == 'raw' and first.source.startswith('---'):
+        fm = yaml.safe_load(first.source.strip().strip('-')) or {}
+        nb.cells = nb.cells[1:]
+        return fm, nb
+    return {}, nb
+
+
+def render(out: Path):
+    proc = ROOT / '_proc'
+    subprocess.run([str(BIN / 'nbdev_proc_nbs')], cwd=ROOT, check=True)
+    pages = []
+    for section, rel in sidebar():
+        nb = nbformat.read(proc / rel, as_version=4)
+        fm, nb = front_matter(nb)
+        title = str(fm.get('title', Path(rel).stem)).lstrip('# ').strip()
+        target = Path(rel).parent / fm.get('output-file', Path(rel).stem + '.html')
+        head = f"# {title}\n\n" + (f"> {fm['description']}\n" if fm.get('description') else '')
+        nb.cells.insert(0, nbformat.v4.new_markdown_cell(head))
+        pages.append((section, title, target, nb))
+    out.mkdir(parents=True, exist_ok=True)
+    exporter = HTMLExporter(template_name='lab')
+    for section, title, target, nb in pages:
+        depth = len(target.parts) - 1
+        up = '../' * depth
+        nav, last = ['<nav class="cakd-sidebar"><a class="cakd-home" href="%sindex.html">cakd</a>' % up], None
+        for s, t, tg, _ in pages:
+            if s != last and s: nav.append(f'<div class="cakd-section">{html.escape(s)}</div>')
+            last = s
+            cls = ' class="active"' if tg == target else ''
+            nav.append(f'<a{cls} href="{up}{tg.as_posix()}">{html.escape(t)}</a>')
+        nav.append('</nav>')
+        body, _ = exporter.from_notebook_node(nb, resources={'metadata': {'name': title}})
+        style = f'<link rel="stylesheet" href="{up}styles.css"><link rel="stylesheet" href="{up}site.css">'
+        body = body.replace('</head>', style + '</head>', 1)
+        body = re.sub(r'(<body[^>]*>)', lambda m: m.group(1) + ''.join(nav) + '<main class="cakd-main">', body, count=1)
+        body = body.replace('</body>', '</main></body>', 1)
+        (out / target).parent.mkdir(parents=True, exist_ok=True)
+        (out / target).write_text(body)
+    for extra in ('styles.css',):
+        shutil.copy(ROOT / 'nbs' / extra, out / extra)
+    (out / 'site.css').write_text(SITE_CSS)
+    if (ROOT / 'nbs' / 'images').exists():
+        shutil.copytree(ROOT / 'nbs' / 'images', out / 'images', dirs_exist_ok=True)
+    (out / 'pages.json').write_text(json.dumps([{'section': s, 'title': t, 'file': tg.as_posix()} for s, t, tg, _ in pages], indent=1))
+    print(f"{len(pages)} pages in {out}")
+
+
+SITE_CSS = """
+body { margin: 0; }
+.cakd-sidebar { position: fixed; top: 0; left: 0; bottom: 0; width: 230px; overflow-y: auto; padding: 16px 12px;
+  background: #f7f7f9; border-right: 1px solid #ddd; font: 14px/1.5 system-ui, sans-serif; }
+.cakd-sidebar a { display: block; color: #2c3e50; text-decoration: none; padding: 2px 6px; border-radius: 4px; }
+.cakd-sidebar a.active { background: #2780e3; color: #fff; }
+.cakd-home { font-weight: bold; font-size: 18px; margin-bottom: 8px; }
+.cakd-section { margin-top: 12px; font-weight: 600; color: #666; text-transform: uppercase; font-size: 12px; }
+.cakd-main { margin-left: 260px; max-width: 1000px; padding: 8px 24px; }
+"""
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--out', default=str(ROOT / '_docs'), help='output folder (default: _docs)')
+    ap.add_argument('--no-quarto', action='store_true', help='render with nbconvert even when Quarto is installed')
+    a = ap.parse_args()
+    if shutil.which('quarto') and not a.no_quarto:
+        subprocess.run([str(BIN / 'nbdev_docs')], cwd=ROOT, check=True)
+        if Path(a.out).resolve() != (ROOT / '_docs').resolve(): shutil.copytree(ROOT / '_docs', a.out, dirs_exist_ok=True)
+    else:
+        render(Path(a.out))
+
+
+if __name__ == '__main__':
+    main()
