@@ -1,4 +1,5 @@
 import os
+import socket
 
 os.environ.setdefault('CAKD_DEVICE', 'cpu')
 
@@ -27,3 +28,17 @@ def vit():
 def vit_b16():
     "The real ViT-B/16 architecture (random weights: nothing is downloaded)."
     return torchvision.models.vit_b_16()
+
+
+def free_port() -> int:
+    "A TCP port nobody listens on now (for torchrun rendezvous and servers started by tests)."
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope='session')
+def digits(tmp_path_factory):
+    "A JPEG ImageFolder of real handwritten digits (scikit-learn), 12 per class: 10 train and 2 val each."
+    from cakd.data import write_digits
+    return write_digits(tmp_path_factory.mktemp('data') / 'digits', per_class=12)

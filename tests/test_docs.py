@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import free_port
 
 ROOT = Path(__file__).parents[1]
 
@@ -95,12 +95,6 @@ def test_make_docs_builds_every_page_and_chromium_renders_them(tmp_path):
         from PIL import Image
         assert Image.open(png).size == (1280, 900)
         assert ink(png) > 0.02, f'{png} looks blank'
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def get(url: str):

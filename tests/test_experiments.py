@@ -41,26 +41,14 @@ def test_make_reproduce_with_tiny_parameters(tmp_path):
 
 
 # ---- imagenet: the torchrun launcher, run on CPU processes (gloo) over a JPEG tree of digits
-import socket
-
 import papermill as pm
 import torch
 
-from cakd.data import write_digits
 
 TINY_TEACHER = dict(teacher='timm:vit_tiny_patch16_224', teacher_weights='none',
                     teacher_options='{"img_size": 32, "patch_size": 4, "num_classes": 10}')
 
-
-@pytest.fixture(scope='module')
-def digits(tmp_path_factory):
-    return write_digits(tmp_path_factory.mktemp('data') / 'digits', per_class=8)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
+from conftest import free_port
 
 
 def imagenet(out, **params):

@@ -4,7 +4,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,6 @@ import pytest
 import torch
 import torchvision
 
-from cakd.data import write_digits
 from cakd.train import TrainConfig, build_teacher, parse_config
 from dataclasses import fields
 
@@ -24,16 +22,7 @@ TEACHER = ['--teacher', 'timm:vit_tiny_patch16_224', '--teacher-weights', 'none'
 SMALL = ['--device', 'cpu', '--model', 'resnet18', '--batch-size', '8', '--lr', '0.01', '--workers', '0', '--print-freq', '5', *TEACHER]
 ENV = {**os.environ, 'CAKD_DEVICE': 'cpu', 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
 
-
-@pytest.fixture(scope='module')
-def digits(tmp_path_factory):
-    return write_digits(tmp_path_factory.mktemp('data') / 'digits', per_class=12)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return str(s.getsockname()[1])
+from conftest import free_port
 
 
 def cakd_train(*args, timeout=300):
