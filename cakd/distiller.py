@@ -134,7 +134,7 @@ class Distiller(nn.Module):
         view = self.mvg(x) if self.mvg is not None and self.training else None
         B = x.shape[0]
         s = self.tap(x if view is None else torch.cat([x, view]))   # one student pass: clean + view
-        proj = self.head_call(self._align(s.feat, t.grid), s.pooled[:B])
+        proj = self.head_call(self.align(s.feat, t.grid), s.pooled[:B])
         clean = {k: (tuple(u[:B] for u in v) if k == 'qkv' else v[:B]) for k, v in proj.items()}
         terms = {}
         if y is not None and p.weights['ce'] > 0: terms['ce'] = ce_loss(s.logits[:B], y, p.label_smoothing)
@@ -152,7 +152,8 @@ class Distiller(nn.Module):
             return terms, (attention_target(*t.patch_qkv, 'logits_avg'), attention_target(*fake['qkv'], 'logits_avg'))
         return terms, (t.patches, fake['gl'])        # tokens, (B, N, D)
 
-    def _align(self, feat, grid):
+    def align(self, feat: torch.Tensor, grid: tuple) -> torch.Tensor:
+        "The student's map on the teacher's `grid`, resampled as the preset says (unchanged with `resample='none'`)."
         return feat if self.preset.resample == 'none' else align_grid(feat, grid, self.preset.resample)
 
     def distribute(self, **ddp_kwargs) -> 'Distiller':

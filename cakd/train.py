@@ -465,9 +465,11 @@ class Trainer:
         path = self.out / 'epochs.csv'
         rows = list(csv.DictReader(path.open(newline=''))) if path.exists() else []
         fields = list(dict.fromkeys([k for r in rows for k in r] + list(row)))
-        with open(path, 'w', newline='') as f:
+        tmp = path.with_suffix('.csv.tmp')
+        with open(tmp, 'w', newline='') as f:
             w = csv.DictWriter(f, fieldnames=fields, restval='')
             w.writeheader(); w.writerows(rows + [row])
+        os.replace(tmp, path)                             # a crash mid-write leaves the previous file
 
     # ---- signals
     def _on_signal(self, signum, frame): self._stop = signum

@@ -143,7 +143,7 @@ def test_results_notebook_collects_runs(tmp_path):
     assert summary[('reproduce', 'baseline')]['mean'] == 61.0 and summary[('reproduce', 'baseline')]['n'] == 2
     assert summary[('imagenet', 'cakd_official')]['n'] == 1 and summary[('imagenet', 'teacher')]['mean'] == 90.0
     published = json.loads((out / 'results-summary.json').read_text())['published']
-    assert {p['source'] for p in published} == {'official README', 'paper'}
+    assert {p['source'] for p in published} == {'official README', 'torchvision docs', 'paper'}
     assert (out / 'results.png').stat().st_size > 10000 and len((out / 'summary.csv').read_text().splitlines()) == 1 + 5
     with pytest.raises(pm.PapermillExecutionError, match='no results.json'):
         pm.execute_notebook(str(ROOT / 'nbs/experiments/results.ipynb'), str(tmp_path / 'x.ipynb'), cwd=str(ROOT),
