@@ -46,7 +46,7 @@ import torch
 
 
 TINY_TEACHER = dict(teacher='timm:vit_tiny_patch16_224', teacher_weights='none',
-                    teacher_options='{"img_size": 32, "patch_size": 4, "num_classes": 10}')
+                    teacher_options={'img_size': 32, 'patch_size': 4, 'num_classes': 10})
 
 from conftest import free_port
 
@@ -60,7 +60,7 @@ def imagenet(out, **params):
 def test_imagenet_launcher_two_cpu_processes(digits, tmp_path):
     out = tmp_path / 'run'
     imagenet(out, data=str(digits), device='cpu', nproc_per_node=2, epochs=1, batch_size=8, workers=0, student='resnet18',
-             extra_args=['--max-steps-per-epoch', '2', '--lr', '0.01', '--preset-options', '{"ramp": null}'], **TINY_TEACHER)
+             options={'max_steps_per_epoch': 2, 'lr': 0.01, 'preset': {'ramp': None}}, **TINY_TEACHER)
     res = json.loads((out / 'results.json').read_text())
     assert res['world_size'] == 2 and res['global_batch'] == 16 and res['epochs_run'] == 1
     (top1,) = res['methods']['cakd_official']['top1']
@@ -73,7 +73,7 @@ def test_imagenet_launcher_two_cpu_processes(digits, tmp_path):
     assert '[rank 1/2] epoch 0' in streamed                                   # the log reached the notebook
     assert (out / 'curves.png').stat().st_size > 5000
     ck = torch.load(out / 'checkpoint.pt', weights_only=True)
-    assert len(ck['rng']) == 2 and ck['config']['method'] == 'cakd'
+    assert len(ck['rng']) == 2 and ck['config']['method'] == 'cakd_official'
 
 
 def test_imagenet_dry_run_checks_and_stops(digits, tmp_path):
@@ -88,13 +88,13 @@ def test_imagenet_impossible_requests_fail_with_the_reason(digits, tmp_path, cas
     params = dict(data=str(digits), device='cpu', nproc_per_node=2, **TINY_TEACHER)
     if case == 'gpus':
         n = torch.cuda.device_count() + 1 if torch.cuda.is_available() else 8
-        params.update(device='cuda', nproc_per_node=n)
+        params.update(device='' if case == 'gpus' else 'cuda', nproc_per_node=n)
         expected = 'are visible' if torch.cuda.is_available() else 'CUDA is not available'
     elif case == 'folder':
         params.update(data=str(tmp_path / 'no_such_folder'))
         expected = f"data: data folder {tmp_path / 'no_such_folder'} does not exist"
     else:
-        params.update(teacher_options='{"img_size": 32, "patch_size": 4, "num_classes": 1000}')
+        params.update(teacher_options={'img_size': 32, 'patch_size': 4, 'num_classes': 1000})
         expected = 'predicts 1000 classes but'
     with pytest.raises(pm.PapermillExecutionError) as err:
         imagenet(tmp_path / case, **params)
@@ -103,16 +103,15 @@ def test_imagenet_impossible_requests_fail_with_the_reason(digits, tmp_path, cas
 
 
 # ---- attention_maps and results, on a CAKD run trained here
+from cakd.config import TrainConfig
 from cakd.train import train
 
 
 @pytest.fixture(scope='module')
 def cakd_run(digits, tmp_path_factory):
     out = tmp_path_factory.mktemp('runs') / 'cakd_official_seed0'
-    train(['--data', digits, '--output', out, '--method', 'cakd', '--epochs', 1, '--max-steps-per-epoch', 3, '--device', 'cpu',
-           '--model', 'resnet18', '--batch-size', 8, '--lr', 0.01, '--workers', 0, '--no-tensorboard',
-           '--teacher', TINY_TEACHER['teacher'], '--teacher-weights', 'none', '--teacher-options', TINY_TEACHER['teacher_options'],
-           '--preset-options', '{"ramp": null}'])
+    train(TrainConfig(data=str(digits), output=str(out), epochs=1, max_steps_per_epoch=3, device='cpu', model='resnet18',
+                      batch_size=8, lr=0.01, workers=0, tensorboard=False, preset={'ramp': None}, **TINY_TEACHER))
     return out
 
 

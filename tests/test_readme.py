@@ -61,4 +61,5 @@ def test_readme_gpu_commands_parse():
         run = get_args_parser().parse_args(argv[1:])
         assert run.module and run.training_script == 'cakd.train' and run.nproc_per_node == '8'
         cfg = parse_config(run.training_script_args)
-        assert (cfg.method, cfg.preset, cfg.epochs, cfg.batch_size, cfg.data) == ('cakd', 'official', 120, 32, '/data/imagenet')
+        assert (cfg.method, cfg.preset.name, cfg.epochs, cfg.batch_size, cfg.data) == ('cakd_official', 'official', 120, 32,
+                                                                              '/data/imagenet')

@@ -13,8 +13,10 @@ import pytest
 import torch
 import torchvision
 
-from cakd.train import TrainConfig, build_teacher, parse_config
 from dataclasses import fields
+
+from cakd.config import TrainConfig, parse_config
+from cakd.checkpoint import read_checkpoint
 
 BIN = Path(sys.executable).parent
 TEACHER = ['--teacher', 'timm:vit_tiny_patch16_224', '--teacher-weights', 'none',
@@ -37,19 +39,21 @@ def torchrun(*args, nproc=2, timeout=300):
 from cakd.train import read_records as records
 
 
-@pytest.mark.parametrize('method', ['baseline', 'logits', 'cakd'])
+@pytest.mark.parametrize('method', ['baseline', 'logits', 'cakd_official', 'cakd_paper'])
 def test_torchrun_two_processes_gloo_one_epoch(digits, tmp_path, method):
     out = tmp_path / method
     r = torchrun('--method', method, '--data', str(digits), '--output', str(out), '--epochs', '1', *SMALL,
-                 '--preset-options', '{"ramp": null}' if method == 'cakd' else '{}')
+                 *(['--preset.ramp', 'none'] if method.startswith('cakd') else []))
     assert r.returncode == 0, r.stderr[-3000:]
     for rank in (0, 1): assert f'[rank {rank}/2] epoch 0:' in r.stdout
     (ep,) = records(out)
     assert ep['val_n'] == 20 and 0 <= ep['val_top1'] <= 100                 # every val image counted once
     expected = {'baseline': {'train_ce'}, 'logits': {'train_ce', 'train_kd'},
-                'cakd': {'train_ce', 'train_kd', 'train_attn', 'train_vv', 'train_feat', 'train_cls', 'train_adv', 'train_d_loss'}}[method]
+                'cakd_official': {'train_ce', 'train_kd', 'train_attn', 'train_vv', 'train_feat', 'train_cls', 'train_adv',
+                                  'train_d_loss'},
+                'cakd_paper': {'train_ce', 'train_attn', 'train_vv', 'train_feat', 'train_adv', 'train_d_loss'}}[method]
     assert expected <= {k for k in ep if k.startswith('train_')}
-    ck = torch.load(out / 'checkpoint.pt', weights_only=True)
+    ck = read_checkpoint(out / 'checkpoint.pt')
     assert ck['epoch'] == 1 and ck['config']['method'] == method and len(ck['rng']) == 2
     plain = torchvision.models.resnet18(num_classes=10)
     plain.load_state_dict(torch.load(out / 'student_last.pt', weights_only=True))   # a stock torchvision model
@@ -58,7 +62,7 @@ def test_torchrun_two_processes_gloo_one_epoch(digits, tmp_path, method):
 
 def run_args(digits, out, *extra):
     return ['--data', str(digits), '--output', str(out), '--epochs', '2', '--deterministic', '--seed', '1',
-            '--max-steps-per-epoch', '4', *SMALL, '--preset-options', '{"ramp": null}', *extra]
+            '--max-steps-per-epoch', '4', *SMALL, '--preset.ramp', 'none', *extra]
 
 
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(digits, tmp_path):
@@ -75,8 +79,8 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(digits, tmp_pat
     assert max((sa[k].double() - sb[k].double()).abs().max().item() for k in sa) <= 1e-6
     ca = torch.load(tmp_path / 'a' / 'checkpoint.pt', weights_only=True)
     cb = torch.load(tmp_path / 'b' / 'checkpoint.pt', weights_only=True)
-    for part in ('head', 'disc'):
-        assert all(torch.allclose(ca[part][k].double(), cb[part][k].double(), atol=1e-6) for k in ca[part])
+    assert {k.split('.')[0] for k in ca['distiller']} == {'student', 'head', 'disc'}
+    assert all(torch.allclose(v.double(), cb['distiller'][k].double(), atol=1e-6) for k, v in ca['distiller'].items())
     assert ca['step'] == cb['step'] == 8
 
 
@@ -102,7 +106,7 @@ def test_sigterm_leaves_a_loadable_checkpoint_and_resumes(digits, tmp_path):
 def test_non_finite_loss_stops_with_step_and_term_and_keeps_last_checkpoint(digits, tmp_path, fail):
     out = tmp_path / 'nan'
     err = fail('--data', digits, '--output', out, '--epochs', 2, '--max-steps-per-epoch', 3, *SMALL, '--method', 'logits',
-               '--preset-options', '{"weights": {"kd": 1e39}, "ramp": {"start": 0.5, "length": 1, "w_max": 1}}')
+               '--preset-options', '{"weights": {"kd": 1e39}, "ramp": {"start": 0.9, "length": 0.01, "w_max": 1}}')
     assert 'non-finite loss' in err and 'epoch 1, step 4' in err and "'loss'" in err
     assert torch.load(out / 'checkpoint.pt', weights_only=True)['epoch'] == 1      # epoch 0's checkpoint is intact
 
@@ -151,11 +155,13 @@ def test_corrupt_image_is_named_or_skipped_and_counted(digits, tmp_path, fail, m
 def test_class_count_mismatch_and_foreign_checkpoint(digits, tmp_path, fail, main_in_process):
     t1000 = ['--teacher', 'timm:vit_tiny_patch16_224', '--teacher-weights', 'none', '--teacher-options', '{"img_size": 32, "patch_size": 4}']
     err = fail('--data', str(digits), '--output', str(tmp_path / 'm'), *SMALL, *t1000)
-    assert 'the teacher has 1000 classes and the student 10' in err
+    assert f'the teacher timm:vit_tiny_patch16_224 predicts 1000 classes but {digits} has 10 classes' in err
+    assert not (tmp_path / 'm').exists()                                      # refused before anything was made
     out = tmp_path / 'c'
     assert main_in_process('--data', digits, '--output', out, '--epochs', 1, '--max-steps-per-epoch', 1, *SMALL, '--method', 'baseline')[0] == 0
     err = fail('--data', str(digits), '--output', str(out), '--epochs', '2', *SMALL, '--method', 'logits')
-    assert f"checkpoint {out / 'checkpoint.pt'} was written by another configuration (method: checkpoint 'baseline', now 'logits')" in err
+    assert (f"checkpoint {out / 'checkpoint.pt'} was written by another configuration (method: checkpoint 'baseline', "
+            "now 'logits'") in err
 
 
 def test_impossible_device_and_unknown_weights(digits, tmp_path, fail):
@@ -195,7 +201,7 @@ def test_eval_and_save_every_n_epochs(digits, tmp_path, main_in_process, fail):
 def test_load_run_gives_trained_and_initial_distiller(digits, tmp_path, main_in_process):
     from cakd.train import Trainer, load_run
     out = tmp_path / 'run'
-    args = ['--data', digits, '--output', out, '--epochs', 1, '--max-steps-per-epoch', 2, *SMALL, '--preset-options', '{"ramp": null}']
+    args = ['--data', digits, '--output', out, '--epochs', 1, '--max-steps-per-epoch', 2, *SMALL, '--preset.ramp', 'none']
     code, _, err = main_in_process(*args)
     assert code == 0, err[-2000:]
     after = load_run(out)
@@ -215,42 +221,22 @@ def test_help_documents_every_option():
     assert r.returncode == 0
     text = ' '.join(r.stdout.split())
     for f in fields(TrainConfig):
-        assert '--' + f.name.replace('_', '-') in text, f.name
+        if f.name == 'preset': continue
+        hidden = f.metadata['help'] == '==SUPPRESS=='
+        assert (('--' + f.name.replace('_', '-')) in text) != hidden, f.name          # test-only options are hidden
+    for group in ('method and preset:', 'student and teacher:', 'data:', 'augmentation:', 'optimisation and schedule:',
+                  'speed:', 'checkpoints, logging and processes:', 'preset fields:'):
+        assert group in text, group
+    assert '--preset.swap_p' in text and '--preset.weights.adv' in text and '--preset.ramp.start' in text
+    assert 'cakd_paper' in text and 'lr_warmup_epochs=5' in text                     # the methods' recipes
     assert 'torchrun --nproc_per_node=8' in text and '--nnodes=2' in text
-
-
-def test_yaml_then_flags_override_recipe(tmp_path):
-    y = tmp_path / 'run.yaml'
-    y.write_text('method: logits\nepochs: 7\nlr: 0.05\n')
-    cfg = parse_config(['--config', str(y), '--lr', '0.2'])
-    assert (cfg.method, cfg.epochs, cfg.lr, cfg.model_ema, cfg.ra_reps) == ('logits', 7, 0.2, True, 4)
-    y.write_text('epoch: 7\n')
-    with pytest.raises(ValueError, match=r"unknown option\(s\) \['epoch'\]"):
-        parse_config(['--config', str(y)])
-
-
-def test_teacher_from_local_files(tmp_path):
-    import timm
-    from safetensors.torch import save_file
-    src = timm.create_model('vit_tiny_patch16_224', img_size=32, patch_size=4, num_classes=7)
-    torch.save({'model': src.state_dict()}, tmp_path / 't.pth')
-    save_file(src.state_dict(), str(tmp_path / 't.safetensors'))
-    for f in ('t.pth', 't.safetensors'):
-        cfg = parse_config(['--teacher', 'timm:vit_tiny_patch16_224', '--teacher-weights', str(tmp_path / f),
-                            '--teacher-options', '{"img_size": 32, "patch_size": 4}'])
-        m, norm = build_teacher(cfg)
-        assert m.head.out_features == 7                                     # class count read from the file
-        assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), src.state_dict().values()))
-        assert norm == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-    with pytest.raises(FileNotFoundError, match='weights file .*missing.pt does not exist'):
-        build_teacher(parse_config(['--teacher-weights', str(tmp_path / 'missing.pt')]))
 
 
 @pytest.mark.parametrize('amp', ['bf16', 'fp16'])
 def test_mixed_precision_and_channels_last(digits, tmp_path, main_in_process, amp):
     out = tmp_path / amp
     code, _, err = main_in_process('--data', digits, '--output', out, '--epochs', 1, '--max-steps-per-epoch', 2, *SMALL,
-                                   '--amp', amp, '--channels-last', '--preset-options', '{"ramp": null}', '--check-teacher')
+                                   '--amp', amp, '--channels-last', '--preset.ramp', 'none', '--check-teacher')
     assert code == 0, err[-2000:]
     ck = torch.load(out / 'checkpoint.pt', weights_only=True)
     assert (ck['scaler'] is not None) == (amp == 'fp16')
@@ -259,11 +245,30 @@ def test_mixed_precision_and_channels_last(digits, tmp_path, main_in_process, am
     assert all(v == v and abs(v) < float('inf') for k, v in ep.items() if k.startswith('train_'))
 
 
-def test_teacher_none_only_for_baseline_and_needs_a_crop():
-    with pytest.raises(ValueError, match='--teacher none trains without a teacher, which only --method baseline does'):
-        parse_config(['--teacher', 'none', '--method', 'logits'])
-    with pytest.raises(ValueError, match='give --train-crop-size'):
-        parse_config(['--teacher', 'none', '--method', 'baseline'])
-    cfg = parse_config(['--teacher', 'none', '--method', 'baseline', '--train-crop-size', '32', '--opt', 'adamw'])
-    assert (cfg.teacher, cfg.opt) == ('none', 'adamw')
-    assert build_teacher(cfg) == (None, None)
+def test_short_cakd_run_distils_in_every_epoch(digits, tmp_path, main_in_process):
+    "The official ramp is stretched to the run: two epochs distil (METHOD.md §6), and the start says when."
+    out = tmp_path / 'two'
+    code, stdout, err = main_in_process('--method', 'cakd', '--data', digits, '--output', out, '--epochs', 2,
+                                        '--max-steps-per-epoch', 4, *SMALL)
+    assert code == 0, err[-2000:]
+    assert 'distillation weight: 0 until epoch 0.417, 0.2 from epoch 0.583 of 2' in stdout
+    for ep in records(out):
+        assert {'train_attn', 'train_vv', 'train_feat', 'train_cls', 'train_kd', 'train_adv'} <= set(ep), ep['epoch']
+
+
+def test_config_from_python_trains_one_epoch(digits, tmp_path):
+    "The Python API: a TrainConfig with a changed Ramp object, no strings of JSON, through train(cfg)."
+    from cakd.losses import Ramp
+    from cakd.train import train
+    cfg = TrainConfig.for_method('cakd_paper', data=str(digits), output=str(tmp_path / 'py'), device='cpu',
+                                 model='resnet18', epochs=1, batch_size=8, workers=0, lr=0.01, max_steps_per_epoch=3,
+                                 teacher='timm:vit_tiny_patch16_224', teacher_weights='none',
+                                 teacher_options={'img_size': 32, 'patch_size': 4, 'num_classes': 10},
+                                 preset={'ramp': Ramp(start=0.0, length=0.5, w_max=0.2, epochs=1)})
+    record = train(cfg)
+    assert record['epoch'] == 0 and {'train_attn', 'train_adv', 'val_top1'} <= set(record)
+    saved = json.loads((tmp_path / 'py' / 'config.json').read_text())
+    assert saved['preset']['ramp'] == {'start': 0.0, 'length': 0.5, 'w_max': 0.2, 'epochs': 1}
+    assert TrainConfig.from_dict(saved) == cfg
+    with pytest.raises(TypeError, match='train takes a TrainConfig, got list'):
+        train(['--data', str(digits)])
