@@ -34,8 +34,8 @@ reproduce: venv                     ## the main job on CPU defaults: runs/reprod
 	CAKD_DEVICE=$${CAKD_DEVICE:-cpu} $(VENV)/bin/papermill nbs/experiments/reproduce.ipynb $(REPRODUCE_OUT)/reproduce.ipynb \
 		-p output $(REPRODUCE_OUT) --log-output $(REPRODUCE_ARGS)
 
-export: venv                        ## notebooks -> cakd/, then clean the notebooks
-	$(VENV)/bin/nbdev_export && $(VENV)/bin/nbdev_clean
+export: venv                        ## notebooks -> cakd/ (__all__ rewrapped to 120 columns), then clean the notebooks
+	$(VENV)/bin/nbdev_export && $(PY) tools/wrap_all.py && $(VENV)/bin/nbdev_clean
 
 readme: venv                        ## README.md from nbs/index.ipynb
 	$(PY) tools/readme.py

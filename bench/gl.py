@@ -44,7 +44,8 @@ def main(argv=None):
             'per-group loop + index assignment (official)': step(lambda: gl_reference(x, w, b, gl.groups)),
             'one shared nn.Linear (floor)': step(lambda: floor(x))}
     print(f"device={dev} batch={a.batch} grid={a.grid}x{a.grid} {a.in_dim}->{a.out_dim} k={a.k} "
-          f"groups={gl.weight.shape[0]} threads={torch.get_num_threads()} (forward+backward, median of {a.reps}, methods interleaved)")
+          f"groups={gl.weight.shape[0]} threads={torch.get_num_threads()} "
+          f"(forward+backward, median of {a.reps}, methods interleaved)")
     t = interleaved(rows, a.reps, sync)
     for name, s in t.items(): print(f"{name:48s} {s * 1000:9.1f} ms")
     fl = t['one shared nn.Linear (floor)']

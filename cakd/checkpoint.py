@@ -17,8 +17,8 @@ from .config import TrainConfig
 from .distiller import Distiller
 
 # %% auto #0
-__all__ = ['STRUCTURAL', 'temp_name', 'save_atomic', 'remove_stale_temps', 'CheckpointError', 'read_checkpoint', 'rng_state',
-           'set_rng_state', 'check_compatible', 'restore']
+__all__ = ['STRUCTURAL', 'temp_name', 'save_atomic', 'remove_stale_temps', 'CheckpointError', 'read_checkpoint',
+           'rng_state', 'set_rng_state', 'check_compatible', 'restore']
 
 # %% ../nbs/09_checkpoint.ipynb #cfa306d6
 def temp_name(path: Path) -> Path:
@@ -75,14 +75,15 @@ def set_rng_state(state: dict):
     torch.set_rng_state(state['torch'])
     if 'gpu' in state and torch.cuda.is_available(): torch.cuda.set_rng_state_all(state['gpu'])
 
-# %% ../nbs/09_checkpoint.ipynb #29f39bec
+# %% ../nbs/09_checkpoint.ipynb #1bc46837
 STRUCTURAL = ('method', 'preset', 'model', 'model_options', 'student_layer', 'teacher', 'teacher_options')
 
 def check_compatible(ck: dict, cfg: TrainConfig, num_classes: int, path: str | Path):
     "Refuse checkpoint `ck` (read from `path`) unless `cfg` and `num_classes` could have written it."
     old, new = ck.get('config', {}), cfg.to_dict()
     diff = [f"{k}: checkpoint {old.get(k)!r}, now {new[k]!r}" for k in STRUCTURAL if old.get(k) != new[k]]
-    if ck.get('num_classes') != num_classes: diff.append(f"classes: checkpoint {ck.get('num_classes')}, now {num_classes}")
+    if ck.get('num_classes') != num_classes:
+        diff.append(f"classes: checkpoint {ck.get('num_classes')}, now {num_classes}")
     if diff:
         raise CheckpointError(f"checkpoint {path} was written by another configuration ({'; '.join(diff)}); "
                               "use another --output, or --resume never to start afresh")

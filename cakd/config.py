@@ -15,10 +15,10 @@ from .core import check_choice, check_known
 from .losses import PRESETS, Preset, Ramp, get_preset
 
 # %% auto #0
-__all__ = ['METHODS', 'ALIASES', 'CHOICES', 'GROUPS', 'EXAMPLES', 'Method', 'get_method', 'MethodOptions', 'ModelOptions',
-           'DataOptions', 'AugmentOptions', 'OptimOptions', 'SpeedOptions', 'RunOptions', 'check_config', 'TrainConfig',
-           'converter', 'add_preset_flags', 'preset_changes', 'method_table', 'build_parser', 'read_yaml',
-           'parse_config', 'to_argv']
+__all__ = ['METHODS', 'ALIASES', 'CHOICES', 'GROUPS', 'EXAMPLES', 'Method', 'get_method', 'MethodOptions',
+           'ModelOptions', 'DataOptions', 'AugmentOptions', 'OptimOptions', 'SpeedOptions', 'RunOptions',
+           'check_config', 'TrainConfig', 'converter', 'add_preset_flags', 'preset_changes', 'method_table',
+           'build_parser', 'read_yaml', 'parse_config', 'to_argv']
 
 # %% ../nbs/08_config.ipynb #6ebfaaa3
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def get_method(name: str) -> Method:
     "The registered method `name` (or its alias)."
     return METHODS[check_choice(ALIASES.get(name, name), METHODS, 'method')]
 
-# %% ../nbs/08_config.ipynb #c7dd4953
+# %% ../nbs/08_config.ipynb #599c868f
 def _opt(default, help: str):
     "A config field with its help text (`argparse.SUPPRESS`: hidden from `--help`)."
     if isinstance(default, dict): return field(default_factory=lambda: dict(default), metadata=dict(help=help))
@@ -59,7 +59,7 @@ def _opt(default, help: str):
 class MethodOptions:
     "method and preset"
     method: str = _opt('cakd_official', 'the method: its recipe sets the defaults, its preset the loss terms')
-    preset: Preset = _opt(METHODS['cakd_official'].preset, "the method's loss preset; change fields with --preset.FIELD")
+    preset: Preset = _opt(METHODS['cakd_official'].preset, "the method's loss preset (--preset.FIELD changes one)")
     class_map: str | None = _opt(None, 'JSON file of the teacher class of each dataset class, or "ignore"')
 
 @dataclass
@@ -148,7 +148,7 @@ class RunOptions:
     tensorboard: bool = _opt(True, 'also log to TensorBoard when it is installed')
     crash_at_step: int | None = _opt(None, argparse.SUPPRESS)   # fault injection for tests: SIGKILL at this step
 
-# %% ../nbs/08_config.ipynb #ad660fe9
+# %% ../nbs/08_config.ipynb #9f2c62c0
 CHOICES = dict(teacher_norm=['auto', 'imagenet'], opt=['sgd', 'adamw'], lr_scheduler=['steplr', 'cosineannealinglr'],
                lr_warmup_method=['linear', 'constant'], amp=['none', 'bf16', 'fp16'],
                interpolation=['bilinear', 'bicubic', 'nearest'], auto_augment=[None, 'ta_wide'])
@@ -163,23 +163,26 @@ def check_config(cfg) -> None:
     if cfg.teacher == 'none' and cfg.train_crop_size is None:
         raise ValueError("--teacher none: give --train-crop-size (crops default to the teacher's image size)")
     for name in ('eval_every', 'save_every', 'epochs', 'batch_size'):
-        if getattr(cfg, name) < 1: raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
     ramp, distils = cfg.preset.ramp, any(cfg.preset.uses(t) for t in cfg.preset.weights if t != 'ce')
     if distils and ramp is not None and ramp.for_run(cfg.epochs).start >= cfg.epochs:
         r = ramp.for_run(cfg.epochs)
         raise ValueError(f"--method {cfg.method} would never distil: its ramp starts at epoch {r.start:g} of a run of "
-                         f"--epochs {cfg.epochs} ({ramp}); give more --epochs, --preset.ramp.start, or --preset.ramp none")
+                         f"--epochs {cfg.epochs} ({ramp}); give more --epochs, --preset.ramp.start, "
+                         "or --preset.ramp none")
     if cfg.val_resize not in ('official', 'standard', 'both') and not str(cfg.val_resize).isdigit():
         raise ValueError(f"--val-resize must be official, standard, both or a number, got {cfg.val_resize!r}")
 
-# %% ../nbs/08_config.ipynb #a6cd2f87
+# %% ../nbs/08_config.ipynb #f5c0c998
 @dataclass
 class TrainConfig(RunOptions, SpeedOptions, OptimOptions, AugmentOptions, DataOptions, ModelOptions, MethodOptions):
     "Every option of a training run; the defaults are the `cakd_official` method (METHOD.md §3.7)."
     def __post_init__(self):
         self.method = get_method(self.method).name
         if isinstance(self.preset, dict): self.preset = get_preset(get_method(self.method).preset, **self.preset)
-        if not isinstance(self.preset, Preset): raise TypeError(f"preset must be a Preset or a dict, got {self.preset!r}")
+        if not isinstance(self.preset, Preset):
+            raise TypeError(f"preset must be a Preset or a dict, got {self.preset!r}")
         check_config(self)
 
     @classmethod
@@ -220,7 +223,7 @@ def converter(type_name: str):
     conv = {'int': int, 'float': float, 'str': str, 'bool': _bool, 'dict': _json}[base]
     return (lambda s: None if s.lower() == 'none' else conv(s)) if 'None' in type_name else conv
 
-# %% ../nbs/08_config.ipynb #48b60f4e
+# %% ../nbs/08_config.ipynb #88884021
 def add_preset_flags(p: argparse.ArgumentParser):
     "`--preset.FIELD`, `--preset.weights.TERM`, `--preset.ramp.FIELD` and `--preset-options JSON`."
     g = p.add_argument_group('preset fields', "change the method's preset: --preset.swap_p 0.25, "
@@ -228,7 +231,8 @@ def add_preset_flags(p: argparse.ArgumentParser):
     for f in fields(Preset):
         if f.name in ('name', 'weights', 'ramp', 'disc_hidden'): continue
         g.add_argument(f'--preset.{f.name}', type=converter(f.type), default=argparse.SUPPRESS, metavar=f.name.upper())
-    for t in Preset().weights: g.add_argument(f'--preset.weights.{t}', type=float, default=argparse.SUPPRESS, metavar='W')
+    for t in Preset().weights:
+        g.add_argument(f'--preset.weights.{t}', type=float, default=argparse.SUPPRESS, metavar='W')
     g.add_argument('--preset.ramp', type=_none, default=argparse.SUPPRESS, metavar='none',
                    help='none: the distillation terms at full weight from the first step')
     for f in fields(Ramp): g.add_argument(f'--preset.ramp.{f.name}', type=float, default=argparse.SUPPRESS, metavar='E')
@@ -270,7 +274,7 @@ def method_table() -> str:
         f"      {k}={m.recipe[k]}" for k in keys) for m in METHODS.values()]
     return "methods (--method; `cakd` = cakd_official) and the recipe defaults they set:\n" + '\n'.join(rows)
 
-# %% ../nbs/08_config.ipynb #52b427d9
+# %% ../nbs/08_config.ipynb #3c2c4e22
 def build_parser(defaults: TrainConfig | None = None) -> argparse.ArgumentParser:
     "The `cakd-train` argument parser; `defaults` (a method's recipe, a YAML file) replace the field defaults."
     d = defaults or TrainConfig()
@@ -285,20 +289,22 @@ def build_parser(defaults: TrainConfig | None = None) -> argparse.ArgumentParser
             flag, default, help = '--' + f.name.replace('_', '-'), getattr(d, f.name), f.metadata['help']
             if f.name in CHOICES: help += f" ({', '.join(map(str, CHOICES[f.name]))})"
             if f.name == 'method': help += f" ({', '.join(METHODS)})"
-            if help != argparse.SUPPRESS: help += f' [default: {json.dumps(default) if isinstance(default, dict) else default}]'
+            shown = json.dumps(default) if isinstance(default, dict) else default
+            if help != argparse.SUPPRESS: help += f' [default: {shown}]'
             if f.type == 'bool': g.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help)
             else: g.add_argument(flag, type=converter(f.type), default=default, help=help, metavar=f.name.upper())
     add_preset_flags(p)
     return p
 
-# %% ../nbs/08_config.ipynb #ba2dafd7
+# %% ../nbs/08_config.ipynb #37fbc1a7
 def read_yaml(path: str | Path) -> dict:
     "Options from a YAML file: dashes or underscores, unknown names with a suggestion, wrong types named with the key."
     import yaml
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"--config {path}: no such file")
     raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict): raise ValueError(f"{path}: expected a mapping of option: value, got {type(raw).__name__}")
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping of option: value, got {type(raw).__name__}")
     opts = {k.replace('-', '_'): v for k, v in raw.items()}
     types = {f.name: f.type for f in fields(TrainConfig)}
     check_known(opts, types, 'option', f'{path}: ')

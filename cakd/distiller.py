@@ -83,9 +83,9 @@ class StudentHead(nn.Module):
         with frozen_bn_stats(self.student): v = self.tap(view)
         return s, proj, self.head(self.align(v.feat))
 
-# %% ../nbs/06_distiller.ipynb #8f3c2657
+# %% ../nbs/06_distiller.ipynb #8a9c53a9
 def check_class_map(class_map, student_classes: int, teacher_classes: int, preset: Preset) -> torch.Tensor | None:
-    "The teacher class of each student class as a tensor (None: the same classes, or 'ignore'); errors name both counts."
+    "The teacher class of each student class as a tensor (None: the same classes, or 'ignore'); errors name the counts."
     ks, kt = student_classes, teacher_classes
     if class_map == 'ignore':
         if preset.uses('kd'):
@@ -128,7 +128,7 @@ def build_adversary(teacher: FrozenTeacher, preset: Preset, student_norm: tuple 
     mvg = MultiViewGenerator(teacher.tap.patch_size, *norm, p=p.mvg_p, geometric=p.mvg_geometric) if p.mvg else None
     return disc, mvg
 
-# %% ../nbs/06_distiller.ipynb #4d482cd1
+# %% ../nbs/06_distiller.ipynb #1f5fef60
 class Distiller(nn.Module):
     "A frozen ViT teacher, a stock CNN student and the CAKD projectors, returning a dict of named losses."
     def __init__(self, teacher: nn.Module | None, student: nn.Module,
@@ -144,7 +144,8 @@ class Distiller(nn.Module):
         self.preset = p = get_preset(preset, **overrides)
         self.distils = any(p.uses(t) for t in LOSS_TERMS[1:])   # False for the baseline: the teacher never runs
         if teacher is None:                             # plain supervised training: nothing to tap or project
-            if self.distils: raise ValueError(f"preset {p.name!r} distils a teacher: pass one (teacher=None is for 'baseline')")
+            if self.distils:
+                raise ValueError(f"preset {p.name!r} distils a teacher: pass one (teacher=None is for 'baseline')")
             self.teacher, self.disc, self.mvg, self.class_map = None, None, None, None
             self.model = StudentHead(student, CAKDHead(0, 0, 0, 1, 0, (0, 0), p), StudentTap(student))
             return
@@ -152,7 +153,8 @@ class Distiller(nn.Module):
             teacher, p.teacher_block, student_norm, teacher_norm, resize_teacher_input)
         self.teacher, size = t, tuple(image_size or t.image_size)
         tap = StudentTap(student, student_layer, stride=t.tap.patch_size[0], image_size=size)
-        self.register_buffer('class_map', check_class_map(class_map, tap.num_classes, t.num_classes, p), persistent=False)
+        class_map = check_class_map(class_map, tap.num_classes, t.num_classes, p)
+        self.register_buffer('class_map', class_map, persistent=False)
         self.model = StudentHead(student, build_head(tap, t, p, size), tap, t.grid, p.resample)
         self.disc, self.mvg = build_adversary(t, p, student_norm)
 
@@ -261,7 +263,7 @@ def compile(self: Distiller, student: bool = True, teacher: bool = False, **kwar
     if teacher and self.teacher is not None: self.teacher.compile(**kwargs)
     return self
 
-# %% ../nbs/06_distiller.ipynb #a8eaad88
+# %% ../nbs/06_distiller.ipynb #70ba836d
 NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
 
 def param_groups(modules: list, weight_decay: float, norm_weight_decay: float | None = None) -> list:
@@ -270,8 +272,10 @@ def param_groups(modules: list, weight_decay: float, norm_weight_decay: float | 
     for mod in modules:
         for m in mod.modules():
             for p in m.parameters(recurse=False):
-                if p.requires_grad: (norm if isinstance(m, NORM_LAYERS) and norm_weight_decay is not None else other).append(p)
-    return [{'params': other, 'weight_decay': weight_decay}] + ([{'params': norm, 'weight_decay': norm_weight_decay}] if norm else [])
+                is_norm = isinstance(m, NORM_LAYERS) and norm_weight_decay is not None
+                if p.requires_grad: (norm if is_norm else other).append(p)
+    groups = [{'params': other, 'weight_decay': weight_decay}]
+    return groups + ([{'params': norm, 'weight_decay': norm_weight_decay}] if norm else [])
 
 @patch
 def optimisers(self: Distiller, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
@@ -280,7 +284,8 @@ def optimisers(self: Distiller, lr: float, momentum: float = 0.9, weight_decay: 
     groups = param_groups([self.model], weight_decay, norm_weight_decay)
     opt = torch.optim.SGD(groups, lr=lr, momentum=momentum) if kind == 'sgd' else torch.optim.AdamW(groups, lr=lr)
     if self.disc is None: return opt, None
-    return opt, torch.optim.SGD(self.disc.parameters(), lr=lr * d_lr_factor, momentum=momentum, weight_decay=weight_decay)
+    d_opt = torch.optim.SGD(self.disc.parameters(), lr=lr * d_lr_factor, momentum=momentum, weight_decay=weight_decay)
+    return opt, d_opt
 
 # %% ../nbs/06_distiller.ipynb #07047c7a
 @patch

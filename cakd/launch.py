@@ -22,7 +22,7 @@ from .data import check_image_folder
 # %% auto #0
 __all__ = ['LaunchError', 'preflight', 'torchrun_command', 'stream']
 
-# %% ../nbs/13_launch.ipynb #7de32ffe
+# %% ../nbs/13_launch.ipynb #94cf2a7f
 class LaunchError(RuntimeError):
     "A run that cannot start as asked; the message says why and what to change."
 
@@ -31,7 +31,8 @@ def _device(cfg: TrainConfig, nproc_per_node: int) -> torch.device:
     try: dev = resolve_device(cfg.device, 0, nproc_per_node, require_cuda=True)
     except DeviceError as e:
         raise LaunchError(f"{e}; this launcher needs CUDA with one GPU per process unless device='cpu' is asked for "
-                          f"(nproc_per_node={nproc_per_node}; torch {torch.__version__}, CUDA build {torch.version.cuda}, "
+                          f"(nproc_per_node={nproc_per_node}; torch {torch.__version__}, "
+                          f"CUDA build {torch.version.cuda}, "
                           f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})") from None
     return dev
 
@@ -58,13 +59,13 @@ def torchrun_command(cfg: TrainConfig, nproc_per_node: int = 1, nnodes: int = 1,
             f'--nnodes={nnodes}', f'--node_rank={node_rank}', f'--master_addr={master_addr}',
             f'--master_port={master_port}', '-m', 'cakd.train', *to_argv(cfg)]
 
-# %% ../nbs/13_launch.ipynb #0581bdb2
+# %% ../nbs/13_launch.ipynb #162f7f76
 def stream(cmd: list, log: str | Path | None = None, env: dict | None = None, keep: int = 40) -> tuple:
     "Run `cmd`, echoing its merged stdout/stderr line by line (and into `log`); returns `(exit code, last lines)`."
     tail = deque(maxlen=keep)
     f = open(log, 'a') if log else None
-    proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                            env=env, start_new_session=True)
+    proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            bufsize=1, env=env, start_new_session=True)
     try:
         for line in proc.stdout:
             print(line, end='', flush=True); tail.append(line.rstrip('\n'))

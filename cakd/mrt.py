@@ -13,15 +13,16 @@ from torch import nn
 from torch.func import functional_call
 
 # %% auto #0
-__all__ = ['MultiViewGenerator', 'TokenDiscriminator', 'MapDiscriminator', 'discriminator_loss', 'frozen_call', 'generator_loss']
+__all__ = ['MultiViewGenerator', 'TokenDiscriminator', 'MapDiscriminator', 'discriminator_loss', 'frozen_call',
+           'generator_loss']
 
-# %% ../nbs/04_mrt.ipynb #9aa9e05b
+# %% ../nbs/04_mrt.ipynb #1a36068c
 def _gray(x: torch.Tensor) -> torch.Tensor:
     "Luma of RGB images `(B, 3, H, W)` -> `(B, 1, H, W)`."
     return (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
 
 class MultiViewGenerator(nn.Module):
-    "Transforms each image of a normalised batch with probability `p` per transform: colour jitter, patch masking, geometry."
+    "Transforms each image of a normalised batch with probability `p` per transform: colour, patch masking, geometry."
     def __init__(self, patch_size: int | tuple,   # masking unit: the teacher's patch size
                  mean: tuple, std: tuple,          # the batch's normalisation
                  p: float = 0.5,                   # probability of each transform, per sample
@@ -80,7 +81,7 @@ class MultiViewGenerator(nn.Module):
         if self.geometric: view = torch.where(self._pick(x, g), self.warp(view, g), view)
         return view
 
-# %% ../nbs/04_mrt.ipynb #bcd1915d
+# %% ../nbs/04_mrt.ipynb #2da44b7f
 class TokenDiscriminator(nn.Module):
     "Token features `(B, N, D)` -> one real/fake logit per sample `(B,)`, by a per-token MLP averaged over tokens."
     def __init__(self, dim: int, hidden: tuple = (256, 64), slope: float = 0.2):
@@ -99,7 +100,8 @@ class MapDiscriminator(nn.Module):
         layers, ch = [nn.Conv2d(1, ndf, 4, 2, 1), nn.LeakyReLU(slope)], ndf
         for i in range(1, n_layers + 1):
             out = ndf * 2 ** min(i, 3)
-            layers += [nn.Conv2d(ch, out, 4, 2 if i < n_layers else 1, 1, bias=False), nn.BatchNorm2d(out), nn.LeakyReLU(slope)]
+            conv = nn.Conv2d(ch, out, 4, 2 if i < n_layers else 1, 1, bias=False)
+            layers += [conv, nn.BatchNorm2d(out), nn.LeakyReLU(slope)]
             ch = out
         self.net = nn.Sequential(*layers, nn.Conv2d(ch, 1, 4, 1, 1))
         self.n_layers = n_layers
@@ -117,11 +119,13 @@ class MapDiscriminator(nn.Module):
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         x = maps.unsqueeze(1) if maps.ndim == 3 else maps               # (B, 1, N, N)
         if min(x.shape[-2:]) < self.min_size():
-            raise ValueError(f"MapDiscriminator needs maps of at least {self.min_size()}x{self.min_size()}, got {tuple(maps.shape)}")
+            raise ValueError(f"MapDiscriminator needs maps of at least {self.min_size()}x{self.min_size()}, "
+                             f"got {tuple(maps.shape)}")
         return self.net(x).mean((1, 2, 3))                              # (B,)
 
-# %% ../nbs/04_mrt.ipynb #b15f9e85
-def discriminator_loss(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, replicate_dead_gan: bool = False) -> torch.Tensor:
+# %% ../nbs/04_mrt.ipynb #06c8b44a
+def discriminator_loss(D: nn.Module, real: torch.Tensor, fake: torch.Tensor,
+                       replicate_dead_gan: bool = False) -> torch.Tensor:
     "`D`'s loss: real -> 1, fake -> 0, on detached inputs (`replicate_dead_gan`: the official fake-only version)."
     pr, pf = D(real.detach()), D(fake.detach())
     if replicate_dead_gan: pr = pr.detach()

@@ -47,9 +47,11 @@ def sidebar_notebooks():
 
 def test_sidebar_lists_every_notebook_in_its_sections():
     listed = sidebar_notebooks()
-    on_disk = sorted(str(p.relative_to(ROOT / 'nbs')) for p in (ROOT / 'nbs').rglob('*.ipynb') if '.ipynb_checkpoints' not in str(p))
+    on_disk = sorted(str(p.relative_to(ROOT / 'nbs')) for p in (ROOT / 'nbs').rglob('*.ipynb')
+                     if '.ipynb_checkpoints' not in str(p))
     assert sorted(listed) == on_disk
-    sections = [e['section'] for e in yaml.safe_load((ROOT / 'nbs/sidebar.yml').read_text())['website']['sidebar']['contents']]
+    contents = yaml.safe_load((ROOT / 'nbs/sidebar.yml').read_text())['website']['sidebar']['contents']
+    sections = [e['section'] for e in contents]
     assert sections == ['Tutorial', 'Components', 'Training', 'Experiments']
 
 
@@ -61,7 +63,8 @@ def chromium():
 
 
 def screenshot(page: Path, png: Path):
-    cmd = [chromium(), '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--no-first-run',
+    cmd = [chromium(), '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+           '--no-first-run',
            f'--user-data-dir={tempfile.mkdtemp()}', f'--screenshot={png}', '--window-size=1280,900', page.as_uri()]
     subprocess.run(cmd, capture_output=True, timeout=120)
     assert png.exists(), f'no screenshot of {page}'
@@ -76,6 +79,7 @@ def ink(png: Path) -> float:
     return sum(n for v, n in enumerate(hist) if abs(v - bg) > 40) / (im.width * im.height)
 
 
+@pytest.mark.slow
 def test_make_docs_builds_every_page_and_chromium_renders_them(tmp_path):
     out = tmp_path / 'site'
     r = subprocess.run(['make', 'docs', f'DOCS_OUT={out}'], cwd=ROOT, capture_output=True, text=True, timeout=900)
@@ -102,10 +106,12 @@ def get(url: str):
         return r.status, r.read()
 
 
+@pytest.mark.slow
 def test_make_lab_serves_jupyterlab_with_the_project_kernel():
     port, token = free_port(), 'cakd-test-token'
-    proc = subprocess.Popen(['make', 'lab', f'LAB_PORT={port}', f'LAB_ARGS=--IdentityProvider.token={token} --ServerApp.ip=127.0.0.1'],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    args = f'LAB_ARGS=--IdentityProvider.token={token} --ServerApp.ip=127.0.0.1'
+    proc = subprocess.Popen(['make', 'lab', f'LAB_PORT={port}', args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         deadline, status = time.time() + 120, None
         while time.time() < deadline and proc.poll() is None:

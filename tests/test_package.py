@@ -7,7 +7,8 @@ import json, sys, torch, torchvision, torch.nn.functional as F
 from torch import nn
 def snap():
     mods = {'torch': torch, 'torch.nn': nn, 'torch.nn.functional': F, 'torchvision': torchvision,
-            'torchvision.models': torchvision.models, 'torchvision.models.vision_transformer': torchvision.models.vision_transformer,
+            'torchvision.models': torchvision.models,
+            'torchvision.models.vision_transformer': torchvision.models.vision_transformer,
             'torchvision.models.resnet': torchvision.models.resnet}
     out = {name: sorted(dir(m)) for name, m in mods.items()}
     for cls in (nn.MultiheadAttention, nn.Module, torchvision.models.VisionTransformer, torchvision.models.ResNet,
@@ -52,3 +53,17 @@ def test_no_literal_devices_or_imagenet_sizes_in_library_code():
                 if isinstance(value, str) and re.fullmatch(r'(cuda|mps)(:\d+)?', value) and f.name != 'core.py':
                     hits.append(f'{f.name}:{tok.start[0]}: {tok.line.strip()}')
     assert hits == []
+
+
+def test_lines_fit_and_imports_are_used():
+    "Lines of at most 120 characters and no unused imports in cakd/, tests/, bench/ and tools/ (ruff)."
+    from pathlib import Path
+    root = Path(__file__).parents[1]
+    ruff = Path(sys.executable).parent / 'ruff'
+    r = subprocess.run([str(ruff), 'check', '--no-cache', '--select', 'E501,F401,F811,F841', '--line-length', '120',
+                        '--exclude', 'cakd/_modidx.py', 'cakd', 'tests', 'bench', 'tools'],
+                       cwd=root, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:]
+    long = [f'{f}:{i}' for f in (root / 'tools').iterdir() if f.is_file()
+            for i, line in enumerate(f.read_text().splitlines(), 1) if len(line) > 120]
+    assert long == []

@@ -26,7 +26,7 @@ def sh_blocks(lang):
 def test_readme_quick_start_is_two_make_targets():
     assert sh_blocks('sh')[0].split() == ['make', 'reproduce', 'make', 'test']
     assert 'make test' in (ROOT / '.ci' / 'run').read_text()                       # CI runs make test
-    assert 'def test_make_reproduce' in (ROOT / 'tests' / 'test_experiments.py').read_text()   # a test runs make reproduce
+    assert 'def test_make_reproduce' in (ROOT / 'tests' / 'test_experiments.py').read_text()   # a test runs it
 
 
 def test_readme_training_smoke_commands_run(tmp_path):
@@ -36,7 +36,8 @@ def test_readme_training_smoke_commands_run(tmp_path):
     r = subprocess.run(['bash', '-euc', block], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     import torch, torchvision
-    torchvision.models.resnet18(num_classes=10).load_state_dict(torch.load(tmp_path / 'runs/smoke/student_last.pt', weights_only=True))
+    sd = torch.load(tmp_path / 'runs/smoke/student_last.pt', weights_only=True)
+    torchvision.models.resnet18(num_classes=10).load_state_dict(sd)
     assert (tmp_path / 'runs/smoke/epochs.csv').exists()
 
 
@@ -61,5 +62,5 @@ def test_readme_gpu_commands_parse():
         run = get_args_parser().parse_args(argv[1:])
         assert run.module and run.training_script == 'cakd.train' and run.nproc_per_node == '8'
         cfg = parse_config(run.training_script_args)
-        assert (cfg.method, cfg.preset.name, cfg.epochs, cfg.batch_size, cfg.data) == ('cakd_official', 'official', 120, 32,
-                                                                              '/data/imagenet')
+        assert (cfg.method, cfg.preset.name, cfg.epochs, cfg.batch_size, cfg.data) == (
+            'cakd_official', 'official', 120, 32, '/data/imagenet')

@@ -21,7 +21,8 @@ from cakd.checkpoint import read_checkpoint
 BIN = Path(sys.executable).parent
 TEACHER = ['--teacher', 'timm:vit_tiny_patch16_224', '--teacher-weights', 'none',
            '--teacher-options', '{"img_size": 32, "patch_size": 4, "num_classes": 10}']
-SMALL = ['--device', 'cpu', '--model', 'resnet18', '--batch-size', '8', '--lr', '0.01', '--workers', '0', '--print-freq', '5', *TEACHER]
+SMALL = ['--device', 'cpu', '--model', 'resnet18', '--batch-size', '8', '--lr', '0.01', '--workers', '0',
+         '--print-freq', '5', *TEACHER]
 ENV = {**os.environ, 'CAKD_DEVICE': 'cpu', 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
 
 from conftest import free_port
@@ -32,7 +33,8 @@ def cakd_train(*args, timeout=300):
 
 
 def torchrun(*args, nproc=2, timeout=300):
-    cmd = [str(BIN / 'torchrun'), f'--nproc_per_node={nproc}', f'--master_port={free_port()}', '-m', 'cakd.train', *args]
+    cmd = [str(BIN / 'torchrun'), f'--nproc_per_node={nproc}', f'--master_port={free_port()}', '-m', 'cakd.train',
+           *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=timeout)
 
 
@@ -49,8 +51,8 @@ def test_torchrun_two_processes_gloo_one_epoch(digits, tmp_path, method):
     (ep,) = records(out)
     assert ep['val_n'] == 20 and 0 <= ep['val_top1'] <= 100                 # every val image counted once
     expected = {'baseline': {'train_ce'}, 'logits': {'train_ce', 'train_kd'},
-                'cakd_official': {'train_ce', 'train_kd', 'train_attn', 'train_vv', 'train_feat', 'train_cls', 'train_adv',
-                                  'train_d_loss'},
+                'cakd_official': {'train_ce', 'train_kd', 'train_attn', 'train_vv', 'train_feat', 'train_cls',
+                                  'train_adv', 'train_d_loss'},
                 'cakd_paper': {'train_ce', 'train_attn', 'train_vv', 'train_feat', 'train_adv', 'train_d_loss'}}[method]
     assert expected <= {k for k in ep if k.startswith('train_')}
     ck = read_checkpoint(out / 'checkpoint.pt')
@@ -87,7 +89,8 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(digits, tmp_pat
 def test_sigterm_leaves_a_loadable_checkpoint_and_resumes(digits, tmp_path):
     out = tmp_path / 'run'
     args = ['--data', str(digits), '--output', str(out), '--epochs', '50', *SMALL, '--method', 'logits']
-    p = subprocess.Popen([str(BIN / 'cakd-train'), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    p = subprocess.Popen([str(BIN / 'cakd-train'), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=ENV)
     deadline = time.time() + 120
     while time.time() < deadline and not ((out / 'log.jsonl').exists() and '"step"' in (out / 'log.jsonl').read_text()):
         time.sleep(0.2)
@@ -105,7 +108,8 @@ def test_sigterm_leaves_a_loadable_checkpoint_and_resumes(digits, tmp_path):
 
 def test_non_finite_loss_stops_with_step_and_term_and_keeps_last_checkpoint(digits, tmp_path, fail):
     out = tmp_path / 'nan'
-    err = fail('--data', digits, '--output', out, '--epochs', 2, '--max-steps-per-epoch', 3, *SMALL, '--method', 'logits',
+    err = fail('--data', digits, '--output', out, '--epochs', 2, '--max-steps-per-epoch', 3, *SMALL,
+               '--method', 'logits',
                '--preset-options', '{"weights": {"kd": 1e39}, "ramp": {"start": 0.9, "length": 0.01, "w_max": 1}}')
     assert 'non-finite loss' in err and 'epoch 1, step 4' in err and "'loss'" in err
     assert torch.load(out / 'checkpoint.pt', weights_only=True)['epoch'] == 1      # epoch 0's checkpoint is intact
@@ -137,7 +141,8 @@ def test_bad_folders_are_named(digits, tmp_path, fail):
     bad = tmp_path / 'empty_class'
     shutil.copytree(digits, bad)
     (bad / 'train' / 'x').mkdir()
-    assert f"class folder(s) with no images" in (err := fail('--data', str(bad), *SMALL)) and str(bad / 'train' / 'x') in err
+    err = fail('--data', str(bad), *SMALL)
+    assert 'class folder(s) with no images' in err and str(bad / 'train' / 'x') in err
 
 
 def test_corrupt_image_is_named_or_skipped_and_counted(digits, tmp_path, fail, main_in_process):
@@ -153,12 +158,15 @@ def test_corrupt_image_is_named_or_skipped_and_counted(digits, tmp_path, fail, m
 
 
 def test_class_count_mismatch_and_foreign_checkpoint(digits, tmp_path, fail, main_in_process):
-    t1000 = ['--teacher', 'timm:vit_tiny_patch16_224', '--teacher-weights', 'none', '--teacher-options', '{"img_size": 32, "patch_size": 4}']
+    t1000 = ['--teacher', 'timm:vit_tiny_patch16_224', '--teacher-weights', 'none',
+             '--teacher-options', '{"img_size": 32, "patch_size": 4}']
     err = fail('--data', str(digits), '--output', str(tmp_path / 'm'), *SMALL, *t1000)
     assert f'the teacher timm:vit_tiny_patch16_224 predicts 1000 classes but {digits} has 10 classes' in err
     assert not (tmp_path / 'm').exists()                                      # refused before anything was made
     out = tmp_path / 'c'
-    assert main_in_process('--data', digits, '--output', out, '--epochs', 1, '--max-steps-per-epoch', 1, *SMALL, '--method', 'baseline')[0] == 0
+    args = ['--data', digits, '--output', out, '--epochs', 1, '--max-steps-per-epoch', 1, *SMALL,
+            '--method', 'baseline']
+    assert main_in_process(*args)[0] == 0
     err = fail('--data', str(digits), '--output', str(out), '--epochs', '2', *SMALL, '--method', 'logits')
     assert (f"checkpoint {out / 'checkpoint.pt'} was written by another configuration (method: checkpoint 'baseline', "
             "now 'logits'") in err
@@ -176,8 +184,9 @@ def test_fewer_than_five_classes_reports_top_k(digits, tmp_path, main_in_process
     shutil.copytree(digits, data)
     for split in ('train', 'val'):
         for c in range(3, 10): shutil.rmtree(data / split / str(c))
-    code, _, err = main_in_process('--data', data, '--output', tmp_path / 'o', '--epochs', 1, *SMALL, '--method', 'baseline',
-                                   '--val-resize', 'both', '--teacher-options', '{"img_size": 32, "patch_size": 4, "num_classes": 3}')
+    code, _, err = main_in_process('--data', data, '--output', tmp_path / 'o', '--epochs', 1, *SMALL,
+                                   '--method', 'baseline', '--val-resize', 'both',
+                                   '--teacher-options', '{"img_size": 32, "patch_size": 4, "num_classes": 3}')
     assert code == 0, err[-2000:]
     ep = records(tmp_path / 'o')[0]
     assert {'val_32_top1', 'val_32_top3', 'val_37_top3'} <= set(ep) and 'val_32_top5' not in ep
@@ -185,7 +194,8 @@ def test_fewer_than_five_classes_reports_top_k(digits, tmp_path, main_in_process
 
 def test_eval_and_save_every_n_epochs(digits, tmp_path, main_in_process, fail):
     out = tmp_path / 'sparse'
-    code, _, err = main_in_process('--data', digits, '--output', out, '--epochs', 3, '--eval-every', 2, '--save-every', 2,
+    code, _, err = main_in_process('--data', digits, '--output', out, '--epochs', 3, '--eval-every', 2,
+                                   '--save-every', 2,
                                    '--max-steps-per-epoch', 2, *SMALL, '--method', 'baseline')
     assert code == 0, err[-2000:]
     eps = records(out)
@@ -201,7 +211,8 @@ def test_eval_and_save_every_n_epochs(digits, tmp_path, main_in_process, fail):
 def test_load_run_gives_trained_and_initial_distiller(digits, tmp_path, main_in_process):
     from cakd.train import Trainer, load_run
     out = tmp_path / 'run'
-    args = ['--data', digits, '--output', out, '--epochs', 1, '--max-steps-per-epoch', 2, *SMALL, '--preset.ramp', 'none']
+    args = ['--data', digits, '--output', out, '--epochs', 1, '--max-steps-per-epoch', 2, *SMALL,
+            '--preset.ramp', 'none']
     code, _, err = main_in_process(*args)
     assert code == 0, err[-2000:]
     after = load_run(out)
@@ -209,7 +220,8 @@ def test_load_run_gives_trained_and_initial_distiller(digits, tmp_path, main_in_
     assert all(torch.equal(v, last[k]) for k, v in after.student.state_dict().items())
     assert not after.training and after.head.pca is not None
     before = load_run(out, checkpoint=None)
-    fresh = Trainer(parse_config([str(a) for a in args] + ['--resume', 'never', '--output', str(tmp_path / 'fresh')])).distiller
+    fresh_args = [str(a) for a in args] + ['--resume', 'never', '--output', str(tmp_path / 'fresh')]
+    fresh = Trainer(parse_config(fresh_args)).distiller
     for (k, v), w in zip(before.student.state_dict().items(), fresh.student.state_dict().values()):
         assert torch.equal(v, w), k                                           # the run's own initial weights
     assert any(not torch.equal(v, last[k]) for k, v in before.student.state_dict().items() if v.is_floating_point())

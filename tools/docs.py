@@ -78,7 +78,8 @@ def render(out: Path):
     (out / 'site.css').write_text(SITE_CSS)
     if (ROOT / 'nbs' / 'images').exists():
         shutil.copytree(ROOT / 'nbs' / 'images', out / 'images', dirs_exist_ok=True)
-    (out / 'pages.json').write_text(json.dumps([{'section': s, 'title': t, 'file': tg.as_posix()} for s, t, tg, _ in pages], indent=1))
+    listing = [{'section': s, 'title': t, 'file': tg.as_posix()} for s, t, tg, _ in pages]
+    (out / 'pages.json').write_text(json.dumps(listing, indent=1))
     print(f"{len(pages)} pages in {out}")
 
 
@@ -101,7 +102,8 @@ def main():
     a = ap.parse_args()
     if shutil.which('quarto') and not a.no_quarto:
         subprocess.run([str(BIN / 'nbdev_docs')], cwd=ROOT, check=True)
-        if Path(a.out).resolve() != (ROOT / '_docs').resolve(): shutil.copytree(ROOT / '_docs', a.out, dirs_exist_ok=True)
+        if Path(a.out).resolve() != (ROOT / '_docs').resolve():
+            shutil.copytree(ROOT / '_docs', a.out, dirs_exist_ok=True)
     else:
         render(Path(a.out))
 
