@@ -48,7 +48,7 @@ def get_method(name: str) -> Method:
     "The registered method `name` (or its alias)."
     return METHODS[check_choice(ALIASES.get(name, name), METHODS, 'method')]
 
-# %% ../nbs/08_config.ipynb #599c868f
+# %% ../nbs/08_config.ipynb #a901f261
 def _opt(default, help: str):
     "A config field with its help text (`argparse.SUPPRESS`: hidden from `--help`)."
     if isinstance(default, dict): return field(default_factory=lambda: dict(default), metadata=dict(help=help))
@@ -62,6 +62,7 @@ class MethodOptions:
     preset: Preset = _opt(METHODS['cakd_official'].preset, "the method's loss preset (--preset.FIELD changes one)")
     class_map: str | None = _opt(None, 'JSON file of the teacher class of each dataset class, or "ignore"')
 
+# %% ../nbs/08_config.ipynb #435aced5
 @dataclass
 class ModelOptions:
     "student and teacher"
@@ -76,6 +77,7 @@ class ModelOptions:
                              "or imagenet")
     check_teacher: bool = _opt(False, 'evaluate the teacher on val/ before training')
 
+# %% ../nbs/08_config.ipynb #892bc7e6
 @dataclass
 class DataOptions:
     "data"
@@ -85,8 +87,12 @@ class DataOptions:
     train_crop_size: int | None = _opt(None, 'training crop (default: the teacher image size)')
     val_crop_size: int | None = _opt(None, 'evaluation crop (default: the teacher image size)')
     val_resize: str = _opt('official', 'evaluation resize: official (= crop), standard (crop/0.875), both, or a number')
+    unlabeled: str = _opt('', 'a transfer set: folder of images (flat or class folders; labels ignored) that get the '
+                          'distillation terms and no cross-entropy')
+    unlabeled_batch_size: int | None = _opt(None, 'transfer-set images per process and step (default: --batch-size)')
     skip_bad_images: bool = _opt(False, 'skip and count unreadable images instead of stopping')
 
+# %% ../nbs/08_config.ipynb #10bd3cb3
 @dataclass
 class AugmentOptions:
     "augmentation"
@@ -100,7 +106,7 @@ class AugmentOptions:
     ra_sampler: bool = _opt(True, 'repeated-augmentation sampler')
     ra_reps: int = _opt(4, 'repetitions of each image per epoch with --ra-sampler')
 
-# %% ../nbs/08_config.ipynb #4bdf4119
+# %% ../nbs/08_config.ipynb #43933cab
 @dataclass
 class OptimOptions:
     "optimisation and schedule"
@@ -123,6 +129,7 @@ class OptimOptions:
     model_ema_steps: int = _opt(32, 'iterations between EMA updates')
     model_ema_decay: float = _opt(0.99998, 'EMA decay per iteration, before the official adjustment')
 
+# %% ../nbs/08_config.ipynb #c6c8d832
 @dataclass
 class SpeedOptions:
     "speed"
@@ -132,6 +139,7 @@ class SpeedOptions:
     compile_teacher: bool = _opt(False, 'torch.compile the teacher')
     sync_bn: bool = _opt(False, 'synchronise BatchNorm statistics across processes')
 
+# %% ../nbs/08_config.ipynb #9c05c4fb
 @dataclass
 class RunOptions:
     "checkpoints, logging and processes"
@@ -148,7 +156,7 @@ class RunOptions:
     tensorboard: bool = _opt(True, 'also log to TensorBoard when it is installed')
     crash_at_step: int | None = _opt(None, argparse.SUPPRESS)   # fault injection for tests: SIGKILL at this step
 
-# %% ../nbs/08_config.ipynb #9f2c62c0
+# %% ../nbs/08_config.ipynb #03c5d8a6
 CHOICES = dict(teacher_norm=['auto', 'imagenet'], opt=['sgd', 'adamw'], lr_scheduler=['steplr', 'cosineannealinglr'],
                lr_warmup_method=['linear', 'constant'], amp=['none', 'bf16', 'fp16'],
                interpolation=['bilinear', 'bicubic', 'nearest'], auto_augment=[None, 'ta_wide'])
@@ -166,6 +174,10 @@ def check_config(cfg) -> None:
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
     ramp, distils = cfg.preset.ramp, any(cfg.preset.uses(t) for t in cfg.preset.weights if t != 'ce')
+    if cfg.unlabeled and not distils:
+        raise ValueError(f"--unlabeled {cfg.unlabeled}: --method {cfg.method} learns from labels only, so a transfer "
+                         f"set of unlabelled images would go unused; use a method that distils "
+                         f"({', '.join(list(METHODS)[1:])})")
     if distils and ramp is not None and ramp.for_run(cfg.epochs).start >= cfg.epochs:
         r = ramp.for_run(cfg.epochs)
         raise ValueError(f"--method {cfg.method} would never distil: its ramp starts at epoch {r.start:g} of a run of "
@@ -174,7 +186,7 @@ def check_config(cfg) -> None:
     if cfg.val_resize not in ('official', 'standard', 'both') and not str(cfg.val_resize).isdigit():
         raise ValueError(f"--val-resize must be official, standard, both or a number, got {cfg.val_resize!r}")
 
-# %% ../nbs/08_config.ipynb #f5c0c998
+# %% ../nbs/08_config.ipynb #3cdbf84a
 @dataclass
 class TrainConfig(RunOptions, SpeedOptions, OptimOptions, AugmentOptions, DataOptions, ModelOptions, MethodOptions):
     "Every option of a training run; the defaults are the `cakd_official` method (METHOD.md §3.7)."
@@ -202,7 +214,7 @@ class TrainConfig(RunOptions, SpeedOptions, OptimOptions, AugmentOptions, DataOp
         check_known(d, [f.name for f in fields(cls)], 'option')
         return cls(**d)
 
-# %% ../nbs/08_config.ipynb #e2cf4052
+# %% ../nbs/08_config.ipynb #56e7c755
 def _bool(s: str) -> bool:
     if s.lower() in ('true', 'yes', '1'): return True
     if s.lower() in ('false', 'no', '0'): return False
@@ -223,7 +235,7 @@ def converter(type_name: str):
     conv = {'int': int, 'float': float, 'str': str, 'bool': _bool, 'dict': _json}[base]
     return (lambda s: None if s.lower() == 'none' else conv(s)) if 'None' in type_name else conv
 
-# %% ../nbs/08_config.ipynb #88884021
+# %% ../nbs/08_config.ipynb #07920fa7
 def add_preset_flags(p: argparse.ArgumentParser):
     "`--preset.FIELD`, `--preset.weights.TERM`, `--preset.ramp.FIELD` and `--preset-options JSON`."
     g = p.add_argument_group('preset fields', "change the method's preset: --preset.swap_p 0.25, "
@@ -252,7 +264,7 @@ def preset_changes(ns: argparse.Namespace) -> dict:
             sub[parts[2]] = v
     return changes
 
-# %% ../nbs/08_config.ipynb #3fc66cc4
+# %% ../nbs/08_config.ipynb #1cc62f3a
 EXAMPLES = """examples:
   # ImageNet, the official CAKD recipe, 8 GPUs on one node
   torchrun --nproc_per_node=8 -m cakd.train --data /data/imagenet --output runs/cakd_official
@@ -274,7 +286,7 @@ def method_table() -> str:
         f"      {k}={m.recipe[k]}" for k in keys) for m in METHODS.values()]
     return "methods (--method; `cakd` = cakd_official) and the recipe defaults they set:\n" + '\n'.join(rows)
 
-# %% ../nbs/08_config.ipynb #3c2c4e22
+# %% ../nbs/08_config.ipynb #a860fb1d
 def build_parser(defaults: TrainConfig | None = None) -> argparse.ArgumentParser:
     "The `cakd-train` argument parser; `defaults` (a method's recipe, a YAML file) replace the field defaults."
     d = defaults or TrainConfig()
@@ -296,7 +308,7 @@ def build_parser(defaults: TrainConfig | None = None) -> argparse.ArgumentParser
     add_preset_flags(p)
     return p
 
-# %% ../nbs/08_config.ipynb #37fbc1a7
+# %% ../nbs/08_config.ipynb #5de12a72
 def read_yaml(path: str | Path) -> dict:
     "Options from a YAML file: dashes or underscores, unknown names with a suggestion, wrong types named with the key."
     import yaml
@@ -329,7 +341,7 @@ def parse_config(argv: list | None = None) -> TrainConfig:
     if isinstance(changes.get('ramp'), dict): changes['ramp'].setdefault('epochs', plain['epochs'])  # this run's epochs
     return TrainConfig(**{**plain, 'preset': get_preset(base.preset, **changes)})
 
-# %% ../nbs/08_config.ipynb #9de15fb8
+# %% ../nbs/08_config.ipynb #5af5d15f
 def to_argv(cfg: TrainConfig) -> list:
     "Command-line flags that `parse_config` turns back into `cfg` (only what differs from the method's defaults)."
     base, argv = TrainConfig.for_method(cfg.method), ['--method', cfg.method]

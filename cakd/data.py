@@ -19,8 +19,9 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader
 from .core import IMAGENET_MEAN, IMAGENET_STD
 
 # %% auto #0
-__all__ = ['write_digits', 'check_image_folder', 'BadImageError', 'ImageFolder', 'collate', 'train_transform',
-           'standard_resize', 'eval_transform', 'batch_mix', 'RASampler', 'ShardSampler', 'Skip']
+__all__ = ['write_digits', 'check_image_folder', 'BadImageError', 'ImageFolder', 'load_sample', 'collate',
+           'UnlabeledFolder', 'train_transform', 'standard_resize', 'eval_transform', 'batch_mix', 'RASampler',
+           'ShardSampler', 'Cycle', 'Skip']
 
 # %% ../nbs/07_data.ipynb #68817095
 def write_digits(root: str | Path, size: int = 32, val_fraction: float = 0.2, seed: int = 0,
@@ -71,7 +72,7 @@ def check_image_folder(root: str | Path, splits: Sequence[str] = ('train', 'val'
         classes = names
     return classes
 
-# %% ../nbs/07_data.ipynb #c0938ed5
+# %% ../nbs/07_data.ipynb #5ffe3495
 class BadImageError(RuntimeError):
     "An image file that cannot be decoded."
 
@@ -83,12 +84,15 @@ class ImageFolder(torchvision.datasets.ImageFolder):
 
     def __getitem__(self, i):
         path, target = self.samples[i]
-        try:
-            img = default_loader(path)
-        except Exception as e:
-            if self.skip_bad: return None
-            raise BadImageError(f"cannot read image {path}: {e}; fix or remove it, or pass --skip-bad-images") from e
-        return (self.transform(img) if self.transform else img), target
+        return load_sample(path, target, self.transform, self.skip_bad)
+
+def load_sample(path, target: int, transform=None, skip_bad: bool = False):
+    "`(transform(image), target)` of the image at `path`; None if unreadable and `skip_bad`, else a `BadImageError`."
+    try: img = default_loader(path)
+    except Exception as e:
+        if skip_bad: return None
+        raise BadImageError(f"cannot read image {path}: {e}; fix or remove it, or pass --skip-bad-images") from e
+    return (transform(img) if transform else img), target
 
 def collate(batch: list) -> tuple:
     "Stack a batch, leaving out skipped samples: returns `(images, targets, n_skipped)`."
@@ -97,7 +101,21 @@ def collate(batch: list) -> tuple:
     x, y = torch.utils.data.default_collate(kept)
     return x, y, len(batch) - len(kept)
 
-# %% ../nbs/07_data.ipynb #1b551d1c
+# %% ../nbs/07_data.ipynb #e2ea1cfe
+class UnlabeledFolder(torch.utils.data.Dataset):
+    "Every image under `root` (a flat folder or an ImageFolder tree; labels ignored) as `(image, -1)`."
+    def __init__(self, root, transform=None, skip_bad: bool = False, what: str = '--unlabeled'):
+        root = Path(root)
+        if not root.is_dir(): raise FileNotFoundError(f"{what} {root}: no such folder")
+        self.samples = sorted(str(p) for p in _images(root))
+        if not self.samples:
+            raise ValueError(f"{what} {root}: no images ({', '.join(IMG_EXTENSIONS)}) in it or below it")
+        self.root, self.transform, self.skip_bad = root, transform, skip_bad
+
+    def __len__(self) -> int: return len(self.samples)
+    def __getitem__(self, i): return load_sample(self.samples[i], -1, self.transform, self.skip_bad)
+
+# %% ../nbs/07_data.ipynb #1384e73b
 def _interp(name: str):
     return T.InterpolationMode(name)
 
@@ -121,7 +139,7 @@ def eval_transform(resize: int, crop: int, interpolation: str = 'bilinear', mean
     return T.Compose([T.Resize(resize, interpolation=_interp(interpolation), antialias=True), T.CenterCrop(crop),
                       T.PILToTensor(), T.ConvertImageDtype(torch.float), T.Normalize(mean, std)])
 
-# %% ../nbs/07_data.ipynb #f976382c
+# %% ../nbs/07_data.ipynb #1df5b98d
 def batch_mix(num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0):
     "A callable `(x, y) -> (x, soft_y)` mixing batches with MixUp and/or CutMix, or None when both are off."
     ops = []
@@ -130,7 +148,7 @@ def batch_mix(num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 
     if not ops: return None
     return ops[0] if len(ops) == 1 else v2.RandomChoice(ops)
 
-# %% ../nbs/07_data.ipynb #ebf51492
+# %% ../nbs/07_data.ipynb #c1f4f984
 class RASampler(Sampler):
     "Repeated-augmentation sampler: each index `reps` times per epoch, spread over ranks."
     def __init__(self, n: int, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0,
@@ -156,6 +174,23 @@ class ShardSampler(Sampler):
     def __init__(self, n: int, num_replicas: int = 1, rank: int = 0): self.idx = list(range(rank, n, num_replicas))
     def __iter__(self): return iter(self.idx)
     def __len__(self): return len(self.idx)
+
+class Cycle(Sampler):
+    "`n` indices from `sampler`'s epochs in turn, reshuffled each pass (a transfer set smaller than a run's need)."
+    def __init__(self, sampler: Sampler, n: int): self.sampler, self.n, self.epoch = sampler, n, 0
+    def set_epoch(self, epoch: int): self.epoch = epoch
+    def __len__(self) -> int: return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        done, k = 0, 0
+        while done < self.n:
+            if hasattr(self.sampler, 'set_epoch'): self.sampler.set_epoch(self.epoch * 100_003 + k)  # (epoch, pass)
+            for i in self.sampler:
+                yield i
+                done += 1
+                if done == self.n: return
+            k += 1
+            if k > 1 and done == 0: raise ValueError("Cycle: the sampler yields no indices")
 
 class Skip(Sampler):
     "The indices of `sampler` after the first `n` (resuming in the middle of an epoch)."

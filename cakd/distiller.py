@@ -183,11 +183,11 @@ def _apply(self: Distiller, fn, recurse=True):
     if self.teacher is not None: self.teacher.apply_(fn)   # the unregistered teacher follows .to(), .double()
     return self
 
-# %% ../nbs/06_distiller.ipynb #d9769fee
+# %% ../nbs/06_distiller.ipynb #804560c4
 @patch
 def compute(self: Distiller, x: torch.Tensor, y: torch.Tensor | None = None, rho: float = 1.0,
             autocast=None) -> tuple:
-    "Named loss terms of batch `x` (labels `y`; None: unlabelled) at ramp weight `rho`, and D's `(real, fake)` or None."
+    "Loss terms of batch `x` (labels `y` of its first `len(y)` images) at ramp weight `rho`; D's `(real, fake)`."
     with autocast or nullcontext():
         if rho == 0 or not self.distils:          # nothing to distil yet: plain supervised training
             s, _, _ = self.model(x, project=False)
@@ -197,7 +197,7 @@ def compute(self: Distiller, x: torch.Tensor, y: torch.Tensor | None = None, rho
             view = self.mvg(x) if self.mvg is not None and self.training else None
             s, proj, vproj = self.model(x, view)
     with torch.autocast(x.device.type, enabled=False):
-        terms = {} if y is None else {'ce': ce_loss(fp32(s.logits), y, self.preset.label_smoothing)}
+        terms = {} if y is None else {'ce': ce_loss(fp32(s.logits[:len(y)]), y, self.preset.label_smoothing)}
         if t is None: return terms, None
         terms.update(self.distil_terms(s, proj, t))
         return terms, self.adversarial_pair(t, proj if vproj is None else vproj)
@@ -341,14 +341,16 @@ def step_discriminator(distiller: Distiller, adv: tuple, d_opt: torch.optim.Opti
     d_opt.step()
     return d_loss.item()
 
-# %% ../nbs/06_distiller.ipynb #968f78cb
+# %% ../nbs/06_distiller.ipynb #f156362c
 def train_step(distiller: Distiller, x: torch.Tensor, y: torch.Tensor | None, epoch: float,
                opt: torch.optim.Optimizer, d_opt: torch.optim.Optimizer | None = None,
                scaler: torch.amp.GradScaler | None = None,  # fp16 loss scaling
                clip_grad_norm: float | None = None,          # clip the student's gradient norm
-               autocast=None) -> dict:                       # e.g. torch.autocast(device.type, torch.bfloat16)
+               autocast=None,                                # e.g. torch.autocast(device.type, torch.bfloat16)
+               unlabeled: torch.Tensor | None = None) -> dict:  # transfer-set images: distillation terms only
     "One optimisation step of the discriminator (if any) and then of the student and projectors."
     rho = distiller.preset.weight(epoch)
+    if unlabeled is not None and rho > 0 and distiller.distils: x = torch.cat([x, unlabeled])   # (B + U, 3, H, W)
     terms, adv = distiller.compute(x, y, rho, autocast)
     check_finite(terms)                                      # before any update: a bad batch changes nothing
     logs = {}

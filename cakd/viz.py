@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from .pca import qk_logits
 
 # %% auto #0
-__all__ = ['PUBLISHED', 'accuracy_plot', 'curves_plot', 'cls_attention', 'keep_mass', 'token_attention',
-           'attention_figure', 'attention_maps', 'attention_agreement', 'load_photo', 'read_results', 'summarise',
-           'results_plot']
+__all__ = ['PUBLISHED', 'accuracy_plot', 'paired_gain', 'method_table', 'gain_plot', 'ablation_plot', 'curves_plot',
+           'cls_attention', 'keep_mass', 'token_attention', 'attention_figure', 'attention_maps', 'attention_agreement',
+           'load_photo', 'read_results', 'summarise', 'results_plot']
 
 # %% ../nbs/12_viz.ipynb #53c9e396
 def accuracy_plot(methods: dict, teacher: float | None = None, title: str = 'top-1 accuracy (%)'):
@@ -35,7 +35,55 @@ def accuracy_plot(methods: dict, teacher: float | None = None, title: str = 'top
     fig.tight_layout()
     return fig
 
-# %% ../nbs/12_viz.ipynb #e84b6ad6
+# %% ../nbs/12_viz.ipynb #4300ed19
+def paired_gain(method: list, baseline: list) -> dict:
+    "Per-seed differences `method - baseline` (same seeds, same order), their mean, sd and how many are positive."
+    if len(method) != len(baseline): raise ValueError(f"{len(method)} seeds against {len(baseline)} baseline seeds")
+    d = torch.tensor(method, dtype=torch.float64) - torch.tensor(baseline, dtype=torch.float64)
+    sd = d.std().item() if len(d) > 1 else 0.0
+    return {'per_seed': d.tolist(), 'mean': d.mean().item(), 'sd': sd, 'positive': int((d > 0).sum()), 'n': len(d)}
+
+def method_table(results: dict) -> 'pd.DataFrame':
+    "One row per method of a `results.json` (and the teacher): top-1, agreement, KL, paired gain over the baseline."
+    import pandas as pd
+    mean = lambda v: float(torch.tensor(v, dtype=torch.float64).mean()) if v else float('nan')
+    sd = lambda v: float(torch.tensor(v, dtype=torch.float64).std()) if v and len(v) > 1 else 0.0
+    rows = [{'method': 'teacher', 'top1': results['teacher']['top1'], 'top1 sd': 0.0, 'n': 1}]
+    for m, v in results['methods'].items():
+        g = v.get('paired_gain') or {}
+        rows.append({'method': m, 'top1': mean(v['top1']), 'top1 sd': sd(v['top1']), 'n': len(v['top1']),
+                     'agreement': mean(v.get('agreement')), 'KL': mean(v.get('kl')), 'gain': g.get('mean'),
+                     'gain sd': g.get('sd'), 'gain > 0': f"{g['positive']}/{g['n']}" if g else None})
+    return pd.DataFrame(rows).set_index('method')
+
+def gain_plot(gains: dict, title: str = 'top-1 gain over the baseline of the same seed (points)'):
+    "Per-seed paired gains (dots) and their mean (bar) for each method; zero is the baseline."
+    fig, ax = plt.subplots(figsize=(1.8 + 1.3 * len(gains), 3))
+    for i, (m, g) in enumerate(gains.items()):
+        ax.bar(i, g['mean'], color='#9ecae1', yerr=g['sd'], capsize=4)
+        ax.plot([i] * len(g['per_seed']), g['per_seed'], 'o', color='#08519c', ms=5)
+    ax.axhline(0, color='k', lw=0.8)
+    ax.set_xticks(range(len(gains)), [f"{m}\n({g['positive']}/{g['n']} seeds > 0)" for m, g in gains.items()],
+                  fontsize=8)
+    ax.set_ylabel('gain (points)'); ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/12_viz.ipynb #589b2d97
+def ablation_plot(table, columns: tuple = ('d_top1', 'd_agreement')):
+    "Horizontal bars of each variant's change (a DataFrame indexed by variant) in each of `columns`."
+    fig, axes = plt.subplots(1, len(columns), figsize=(4.5 * len(columns), 0.9 + 0.32 * len(table)), squeeze=False,
+                             sharey=True)
+    for ax, c in zip(axes[0], columns):
+        v = table[c].tolist()
+        ax.barh(range(len(v)), v, color=['#d62728' if x < 0 else '#2ca02c' for x in v])
+        ax.axvline(0, color='k', lw=0.8); ax.invert_yaxis()
+        ax.set_yticks(range(len(v)), list(table.index), fontsize=8)
+        ax.set_xlabel(f"{c.replace('d_', 'change in ')} (points) vs the full method")
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/12_viz.ipynb #a5a64b98
 def curves_plot(epochs: dict, keys: tuple = ('train_loss', 'val_top1')):
     "One panel per key, one line per run, against the epoch; returns the figure."
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3), squeeze=False)
@@ -48,7 +96,7 @@ def curves_plot(epochs: dict, keys: tuple = ('train_loss', 'val_top1')):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/12_viz.ipynb #e2aeeb34
+# %% ../nbs/12_viz.ipynb #dbf315af
 def cls_attention(q: torch.Tensor, k: torch.Tensor, grid: tuple, prefix: int = 1) -> torch.Tensor:
     "Class-token attention to the patches, per head: q, k `(B, heads, T, d)` -> `(B, heads, h, w)`."
     attn = qk_logits(q, k).softmax(-1)                                      # (B, heads, T, T)
@@ -88,7 +136,7 @@ def attention_figure(image: torch.Tensor, cls_maps: torch.Tensor, teacher_tokens
     fig.tight_layout()
     return fig
 
-# %% ../nbs/12_viz.ipynb #f9370808
+# %% ../nbs/12_viz.ipynb #0591a1d2
 @torch.no_grad()
 def attention_maps(distiller, x: torch.Tensor) -> dict:
     "Teacher `cls` `(B, heads, h, w)` and `teacher` `(B, N, N)` attention of `x`; `student`: the PCA map or None."
@@ -113,7 +161,7 @@ def load_photo(name: str):
     if a.ndim == 2: a = a[..., None].repeat(3, -1)
     return Image.fromarray(a[..., :3])
 
-# %% ../nbs/12_viz.ipynb #853c5819
+# %% ../nbs/12_viz.ipynb #5ba7011a
 PUBLISHED = [
     dict(source='torchvision docs', dataset='ImageNet-1k', model='ViT-B/16 (torchvision IMAGENET1K_V1)',
          method='teacher', top1=81.072),

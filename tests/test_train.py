@@ -44,12 +44,14 @@ from cakd.train import read_records as records
 @pytest.mark.parametrize('method', ['baseline', 'logits', 'cakd_official', 'cakd_paper'])
 def test_torchrun_two_processes_gloo_one_epoch(digits, tmp_path, method):
     out = tmp_path / method
-    r = torchrun('--method', method, '--data', str(digits), '--output', str(out), '--epochs', '1', *SMALL,
+    transfer = ['--unlabeled', str(digits / 'train'), '--amp', 'bf16'] if method == 'logits' else []   # sharded
+    r = torchrun('--method', method, '--data', str(digits), '--output', str(out), '--epochs', '1', *SMALL, *transfer,
                  *(['--preset.ramp', 'none'] if method.startswith('cakd') else []))
     assert r.returncode == 0, r.stderr[-3000:]
     for rank in (0, 1): assert f'[rank {rank}/2] epoch 0:' in r.stdout
     (ep,) = records(out)
     assert ep['val_n'] == 20 and 0 <= ep['val_top1'] <= 100                 # every val image counted once
+    assert 0 <= ep['val_agree'] <= 100 and ep['val_kl'] >= 0                # fidelity to the teacher
     expected = {'baseline': {'train_ce'}, 'logits': {'train_ce', 'train_kd'},
                 'cakd_official': {'train_ce', 'train_kd', 'train_attn', 'train_vv', 'train_feat', 'train_cls',
                                   'train_adv', 'train_d_loss'},
@@ -209,7 +211,8 @@ def test_eval_and_save_every_n_epochs(digits, tmp_path, main_in_process, fail):
 
 
 def test_load_run_gives_trained_and_initial_distiller(digits, tmp_path, main_in_process):
-    from cakd.train import Trainer, load_run
+    from cakd.build import load_run
+    from cakd.train import Trainer
     out = tmp_path / 'run'
     args = ['--data', digits, '--output', out, '--epochs', 1, '--max-steps-per-epoch', 2, *SMALL,
             '--preset.ramp', 'none']
@@ -284,3 +287,41 @@ def test_config_from_python_trains_one_epoch(digits, tmp_path):
     assert TrainConfig.from_dict(saved) == cfg
     with pytest.raises(TypeError, match='train takes a TrainConfig, got list'):
         train(['--data', str(digits)])
+
+
+def test_transfer_set_kill_and_resume_matches_uninterrupted(digits, tmp_path):
+    "--unlabeled with mixup and the RA sampler: a run killed mid-epoch and resumed equals the uninterrupted one."
+    extra = ['--unlabeled', str(digits / 'train'), '--unlabeled-batch-size', '4', '--mixup-alpha', '0.2',
+             '--ra-sampler', '--ra-reps', '2']
+    a = cakd_train(*run_args(digits, tmp_path / 'a', *extra))
+    assert a.returncode == 0, a.stderr[-3000:]
+    b = cakd_train(*run_args(digits, tmp_path / 'b', *extra, '--crash-at-step', '6'))
+    assert b.returncode == -signal.SIGKILL
+    b = cakd_train(*run_args(digits, tmp_path / 'b', *extra))
+    assert b.returncode == 0, b.stderr[-3000:]
+    ca = torch.load(tmp_path / 'a' / 'checkpoint.pt', weights_only=True)
+    cb = torch.load(tmp_path / 'b' / 'checkpoint.pt', weights_only=True)
+    gap = max((v.double() - cb['distiller'][k].double()).abs().max().item() for k, v in ca['distiller'].items())
+    assert gap <= 1e-6
+    ep = records(tmp_path / 'a')[-1]
+    assert {'train_kd', 'train_attn', 'val_agree', 'val_kl'} <= set(ep) and 0 <= ep['val_agree'] <= 100
+
+
+def test_transfer_set_bad_input_is_named(digits, tmp_path, fail, main_in_process):
+    args = ['--data', str(digits), '--output', str(tmp_path / 'r'), '--epochs', '1', '--max-steps-per-epoch', '2',
+            *SMALL]
+    err = fail(*args, '--unlabeled', str(tmp_path / 'nowhere'))
+    assert f"--unlabeled {tmp_path / 'nowhere'}: no such folder" in err
+    (tmp_path / 'empty').mkdir()
+    assert 'no images' in fail(*args, '--unlabeled', str(tmp_path / 'empty'))
+    flat = tmp_path / 'flat'
+    flat.mkdir()
+    for i, p in enumerate(sorted((digits / 'train').rglob('*.jpg'))[:20]): shutil.copy(p, flat / f'{i}.jpg')
+    (flat / 'zz_broken.jpg').write_bytes(b'\xff\xd8 not a jpeg')
+    transfer = ['--unlabeled', str(flat), '--preset.ramp', 'none', '--unlabeled-batch-size', '21']
+    assert f"cannot read image {flat / 'zz_broken.jpg'}" in fail(*args, *transfer)
+    code, _, err = main_in_process(*args, *transfer, '--skip-bad-images', '--output', str(tmp_path / 's'))
+    assert code == 0, err[-2000:]
+    assert records(tmp_path / 's')[0]['skipped_images'] >= 1
+    err = fail('--method', 'baseline', *args, '--unlabeled', str(flat))
+    assert f'--unlabeled {flat}: --method baseline learns from labels only' in err
