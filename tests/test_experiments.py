@@ -23,22 +23,58 @@ def test_exactly_one_parameters_cell_then_derived_values(nb):
     assert set(pm.inspect_notebook(str(nb))) == names                         # papermill parses every line
 
 
-def test_make_reproduce_with_tiny_parameters(tmp_path):
-    out = tmp_path / 'reproduce'
-    args = '-p student_train_per_class 3 -p teacher_epochs 1 -p student_epochs 1 -y "seeds: [0, 1]"'
+@pytest.fixture(scope='module')
+def tiny_reproduce(tmp_path_factory):
+    "`make reproduce` run for real with tiny parameters (the list parameter in the form the README shows)."
+    out = tmp_path_factory.mktemp('reproduce') / 'reproduce'
+    args = ('-p labels_per_class 3 -p teacher_epochs 1 -p steps 2 -p batch_size 8 -p transfer_batch_size 8 '
+            '-p seeds 0,1')
     r = subprocess.run(['make', 'reproduce', f'REPRODUCE_OUT={out}', f'REPRODUCE_ARGS={args}'], cwd=ROOT,
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
+    return out
+
+
+def test_make_reproduce_with_tiny_parameters(tiny_reproduce):
+    out = tiny_reproduce
     res = json.loads((out / 'results.json').read_text())
     assert 0 <= res['teacher']['top1'] <= 100
-    assert set(res['methods']) == {'baseline', 'logits', 'cakd_official', 'cakd_paper'}
-    assert all(len(v['top1']) == 2 and all(0 <= a <= 100 for a in v['top1']) for v in res['methods'].values())
-    assert res['params']['student_epochs'] == 1 and res['params']['seeds'] == [0, 1]
-    assert len(res['git_sha'] or '') in (0, 40)
-    for fig in ('accuracy.png', 'curves.png', 'attention.png'):
+    assert set(res['methods']) == {'baseline', 'logits', 'cakd_official', 'cakd_paper', 'cakd_features'}
+    for m, v in res['methods'].items():
+        assert len(v['top1']) == 2 and all(0 <= a <= 100 for a in v['top1'] + v['agreement']) and min(v['kl']) >= 0
+        g = v['paired_gain']
+        assert g['n'] == 2 and g['per_seed'] == pytest.approx([a - b for a, b in zip(v['top1'],
+                                                                                   res['methods']['baseline']['top1'])])
+    p = res['protocol']
+    assert (p['labels_per_class'], p['labelled_images'], p['transfer_set_size'], p['student_tap']) == (3, 30, 1438,
+                                                                                                         'layer2')
+    assert res['params']['seeds'] == [0, 1] and len(res['git_sha'] or '') in (0, 40)
+    official = json.loads((out / 'cakd_official_seed0' / 'config.json').read_text())
+    assert official['unlabeled'].endswith('digits/train') and official['student_layer'] == 'layer2'
+    assert json.loads((out / 'baseline_seed0' / 'config.json').read_text())['unlabeled'] == ''
+    for fig in ('accuracy.png', 'gain.png', 'curves.png', 'attention.png'):
         assert (out / fig).stat().st_size > 5000
     executed = json.loads((out / 'reproduce.ipynb').read_text())
     assert executed['metadata']['papermill']['parameters']['teacher_epochs'] == 1
+
+
+def test_ablation_on_the_tiny_reproduction(tiny_reproduce, tmp_path):
+    out = tmp_path / 'ablation'
+    out.mkdir()
+    pm.execute_notebook(str(ROOT / 'nbs/experiments/ablation.ipynb'), str(out / 'ablation.ipynb'), cwd=str(ROOT),
+                        parameters=dict(reproduce=str(tiny_reproduce), output=str(out), official_terms='kd,adv',
+                                        paper_parts='swap', seeds='1'), progress_bar=False)
+    res = json.loads((out / 'results.json').read_text())
+    assert [r['variant'] for r in res['variants']] == ['official - kd', 'official - adv', 'paper - swap']
+    full = json.loads((tiny_reproduce / 'results.json').read_text())['methods']['cakd_official']['top1'][1]
+    assert res['variants'][0]['d_top1'] == pytest.approx(res['variants'][0]['top1'] - full)
+    cfg = json.loads((out / 'official_no_kd_seed1' / 'config.json').read_text())
+    assert cfg['preset']['weights']['kd'] == 0 and cfg['preset']['weights']['attn'] == 0.2 and cfg['seed'] == 1
+    assert (out / 'ablation.png').stat().st_size > 5000
+    with pytest.raises(pm.PapermillExecutionError, match='run `make reproduce` first'):
+        pm.execute_notebook(str(ROOT / 'nbs/experiments/ablation.ipynb'), str(tmp_path / 'x.ipynb'), cwd=str(ROOT),
+                            parameters=dict(reproduce=str(tmp_path / 'nothing'), output=str(tmp_path / 'y')),
+                            progress_bar=False)
 
 
 # ---- imagenet: the torchrun launcher, run on CPU processes (gloo) over a JPEG tree of digits
