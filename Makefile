@@ -21,8 +21,10 @@ sync: venv                          ## fail if nbdev_export / nbdev_clean would 
 nbtest: venv                        ## run every notebook (cells flagged slow/gpu are skipped)
 	$(VENV)/bin/nbdev_test
 
-pytest: venv                        ## the pytest suite
-	$(PY) -m pytest -q tests
+PYTEST_ARGS ?= -n 2
+
+pytest: venv                        ## the pytest suite (two workers: most tests wait on processes they start)
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
 test: sync nbtest pytest            ## everything CI runs
 
