@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cakd-installed
 
-.PHONY: venv test sync nbtest pytest export bench reproduce lab docs readme
+.PHONY: venv test sync nbtest pytest export bench reproduce ablation imagenet attention results lab docs readme
 
 $(STAMP): setup.py settings.ini
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -28,13 +28,30 @@ pytest: venv                        ## the pytest suite (two workers: most tests
 
 test: sync nbtest pytest            ## everything CI runs
 
-REPRODUCE_OUT ?= runs/reproduce
-REPRODUCE_ARGS ?=
+# The experiment notebooks, through papermill into a run folder that is created first:
+#   make <experiment> [OUT=folder] [ARGS="-p name value -y '{list: [a, b]}'"]
+OUT ?=
+ARGS ?=
+experiment = mkdir -p $(or $(OUT),$(2)) && $(VENV)/bin/papermill nbs/experiments/$(1).ipynb \
+	$(or $(OUT),$(2))/$(1).ipynb -p output $(or $(OUT),$(2)) --log-output $(3) $(ARGS)
 
 reproduce: venv                     ## the main job on CPU defaults: runs/reproduce/results.json and figures
-	@mkdir -p $(REPRODUCE_OUT)
-	CAKD_DEVICE=$${CAKD_DEVICE:-cpu} $(VENV)/bin/papermill nbs/experiments/reproduce.ipynb $(REPRODUCE_OUT)/reproduce.ipynb \
-		-p output $(REPRODUCE_OUT) --log-output $(REPRODUCE_ARGS)
+	export CAKD_DEVICE=$${CAKD_DEVICE:-cpu}; $(call experiment,reproduce,runs/reproduce,)
+
+ablation: venv                      ## CAKD with each term removed, on the runs of make reproduce: runs/ablation
+	export CAKD_DEVICE=$${CAKD_DEVICE:-cpu}; $(call experiment,ablation,runs/ablation,)
+
+DATA ?=
+imagenet: venv                      ## the ImageNet run through torchrun (CUDA, a GPU per process): make imagenet DATA=dir
+	@test -n "$(DATA)" || { echo "make imagenet: pass DATA=<ImageFolder root with train/ and val/>" >&2; exit 2; }
+	$(call experiment,imagenet,runs/imagenet,-p data $(DATA))
+
+RUN ?= runs/reproduce/cakd_official_seed0
+attention: venv                     ## teacher and student attention maps of a CAKD run: make attention RUN=runs/imagenet
+	$(call experiment,attention_maps,runs/attention_maps,-p run $(RUN))
+
+results: venv                       ## every results.json under runs/ in one table, beside the published numbers
+	$(call experiment,results,runs/results,)
 
 export: venv                        ## notebooks -> cakd/ (__all__ rewrapped to 120 columns), then clean the notebooks
 	$(VENV)/bin/nbdev_export && $(PY) tools/wrap_all.py && $(VENV)/bin/nbdev_clean

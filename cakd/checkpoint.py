@@ -17,8 +17,8 @@ from .config import TrainConfig
 from .distiller import Distiller
 
 # %% auto #0
-__all__ = ['STRUCTURAL', 'temp_name', 'save_atomic', 'remove_stale_temps', 'CheckpointError', 'read_checkpoint',
-           'rng_state', 'set_rng_state', 'check_compatible', 'restore']
+__all__ = ['RUN_INDEPENDENT', 'temp_name', 'save_atomic', 'remove_stale_temps', 'CheckpointError', 'read_checkpoint',
+           'rng_state', 'set_rng_state', 'config_changes', 'check_compatible', 'restore']
 
 # %% ../nbs/09_checkpoint.ipynb #cfa306d6
 def temp_name(path: Path) -> Path:
@@ -75,18 +75,34 @@ def set_rng_state(state: dict):
     torch.set_rng_state(state['torch'])
     if 'gpu' in state and torch.cuda.is_available(): torch.cuda.set_rng_state_all(state['gpu'])
 
-# %% ../nbs/09_checkpoint.ipynb #1bc46837
-STRUCTURAL = ('method', 'preset', 'model', 'model_options', 'student_layer', 'teacher', 'teacher_options')
+# %% ../nbs/09_checkpoint.ipynb #ac506de9
+RUN_INDEPENDENT = ('output', 'resume', 'device', 'workers', 'print_freq', 'eval_every', 'save_every', 'tensorboard',
+                   'compile', 'compile_teacher', 'skip_bad_images', 'check_teacher', 'crash_at_step')
+
+def _flat(d: dict, prefix: str = '') -> dict:
+    "Nested dicts as one level of dotted keys."
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v: out.update(_flat(v, f'{prefix}{k}.'))
+        else: out[f'{prefix}{k}'] = v
+    return out
+
+def config_changes(old: dict, new: dict) -> list:
+    "`field: checkpoint X, now Y` for every run-shaping field (dotted for nested ones) in which `old` and `new` differ."
+    a = _flat({k: v for k, v in old.items() if k not in RUN_INDEPENDENT})
+    b = _flat({k: v for k, v in new.items() if k not in RUN_INDEPENDENT})
+    return [f"{k}: checkpoint {a.get(k)!r}, now {b.get(k)!r}" for k in sorted(a.keys() | b.keys())
+            if a.get(k) != b.get(k)]
 
 def check_compatible(ck: dict, cfg: TrainConfig, num_classes: int, path: str | Path):
-    "Refuse checkpoint `ck` (read from `path`) unless `cfg` and `num_classes` could have written it."
-    old, new = ck.get('config', {}), cfg.to_dict()
-    diff = [f"{k}: checkpoint {old.get(k)!r}, now {new[k]!r}" for k in STRUCTURAL if old.get(k) != new[k]]
+    "Refuse checkpoint `ck` (read from `path`) unless `cfg` and `num_classes` describe the run that wrote it."
+    diff = config_changes(ck.get('config', {}), cfg.to_dict())
     if ck.get('num_classes') != num_classes:
         diff.append(f"classes: checkpoint {ck.get('num_classes')}, now {num_classes}")
     if diff:
-        raise CheckpointError(f"checkpoint {path} was written by another configuration ({'; '.join(diff)}); "
-                              "use another --output, or --resume never to start afresh")
+        raise CheckpointError(f"checkpoint {path} was written by another configuration ({'; '.join(diff)}); a resume "
+                              "needs every setting that shapes the run to match: pass another --output for a new run, "
+                              "or --resume never to start this one afresh")
 
 # %% ../nbs/09_checkpoint.ipynb #b9b10a0e
 def restore(ck: dict, distiller: Distiller, **stateful) -> None:

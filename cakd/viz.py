@@ -15,23 +15,34 @@ import torch.nn.functional as F
 from .pca import qk_logits
 
 # %% auto #0
-__all__ = ['PUBLISHED', 'accuracy_plot', 'paired_gain', 'method_table', 'gain_plot', 'ablation_plot', 'curves_plot',
-           'cls_attention', 'keep_mass', 'token_attention', 'attention_figure', 'attention_maps', 'attention_agreement',
-           'load_photo', 'read_results', 'summarise', 'results_plot']
+__all__ = ['LABELS', 'PUBLISHED', 'accuracy_plot', 'paired_gain', 'method_table', 'gain_plot', 'ablation_plot',
+           'curves_plot', 'cls_attention', 'keep_mass', 'token_attention', 'attention_figure', 'attention_maps',
+           'attention_agreement', 'load_photo', 'read_results', 'summarise', 'results_plot']
 
-# %% ../nbs/12_viz.ipynb #53c9e396
-def accuracy_plot(methods: dict, teacher: float | None = None, title: str = 'top-1 accuracy (%)'):
-    "Dots per seed and a bar for the mean of each method's top-1 accuracies; returns the figure."
-    import seaborn as sns
-    rows = [(m, v) for m, vs in methods.items() for v in vs]
-    fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(methods), 3))
-    names, values = [r[0] for r in rows], [r[1] for r in rows]
-    sns.barplot(x=names, y=values, errorbar='sd', ax=ax, color='#9ecae1', capsize=0.2)
-    sns.stripplot(x=names, y=values, ax=ax, color='#08519c', size=5)
+# %% ../nbs/12_viz.ipynb #f15500ad
+def _seed_dots(ax, i: int, values: list, colour: str = '#08519c'):
+    "Seeds as dots spread around x = i, and their mean ± sd as a black tick with whiskers."
+    v = torch.tensor(values, dtype=torch.float64)
+    jitter = torch.linspace(-0.12, 0.12, len(v)) if len(v) > 1 else torch.zeros(1)
+    ax.plot((i + jitter).tolist(), v.tolist(), 'o', color=colour, ms=5, alpha=0.8)
+    sd = v.std().item() if len(v) > 1 else 0.0
+    ax.errorbar([i], [v.mean().item()], yerr=[sd], fmt='_', color='k', ms=22, mew=2, capsize=6, elinewidth=1.2)
+
+def accuracy_plot(methods: dict, teacher: float | None = None, ylabel: str = 'top-1 accuracy (%)'):
+    "Dots per seed and the mean ± sd of each method's top-1 accuracies, the teacher as a line; returns the figure."
+    fig, ax = plt.subplots(figsize=(2.2 + 1.25 * len(methods), 3.4))
+    for i, vs in enumerate(methods.values()): _seed_dots(ax, i, vs)
+    n = {len(vs) for vs in methods.values()}
+    ax.set_xticks(range(len(methods)), [f"{m}\n(n={len(vs)})" for m, vs in methods.items()], fontsize=9)
+    ax.set_xlim(-0.6, len(methods) - 0.4)
     if teacher is not None:
-        ax.axhline(teacher, ls='--', color='#d62728', label=f'teacher {teacher:.1f}'); ax.legend(loc='lower right')
-    lo = min(values + ([teacher] if teacher is not None else []))
-    ax.set_ylim(max(0, lo - 5), 100); ax.set_ylabel(title); ax.set_xlabel('')
+        ax.axhline(teacher, ls='--', color='#d62728')
+        ax.annotate(f'teacher {teacher:.1f}', (1, teacher), xycoords=('axes fraction', 'data'), xytext=(-4, -4),
+                    textcoords='offset points', ha='right', va='top', color='#d62728', fontsize=8)
+    ax.margins(y=0.12); ax.set_ylabel(ylabel)
+    seeds = f"{n.pop()} seeds" if len(n) == 1 else 'seeds per method below'
+    ax.set_title(f'dots: seeds ({seeds}); black: mean ± sd', fontsize=9)
+    ax.grid(axis='y', alpha=0.3)
     fig.tight_layout()
     return fig
 
@@ -69,7 +80,7 @@ def gain_plot(gains: dict, title: str = 'top-1 gain over the baseline of the sam
     fig.tight_layout()
     return fig
 
-# %% ../nbs/12_viz.ipynb #589b2d97
+# %% ../nbs/12_viz.ipynb #d14c13c2
 def ablation_plot(table, columns: tuple = ('d_top1', 'd_agreement')):
     "Horizontal bars of each variant's change (a DataFrame indexed by variant) in each of `columns`."
     fig, axes = plt.subplots(1, len(columns), figsize=(4.5 * len(columns), 0.9 + 0.32 * len(table)), squeeze=False,
@@ -77,26 +88,33 @@ def ablation_plot(table, columns: tuple = ('d_top1', 'd_agreement')):
     for ax, c in zip(axes[0], columns):
         v = table[c].tolist()
         ax.barh(range(len(v)), v, color=['#d62728' if x < 0 else '#2ca02c' for x in v])
-        ax.axvline(0, color='k', lw=0.8); ax.invert_yaxis()
+        ax.axvline(0, color='k', lw=0.8)
         ax.set_yticks(range(len(v)), list(table.index), fontsize=8)
         ax.set_xlabel(f"{c.replace('d_', 'change in ')} (points) vs the full method")
+    axes[0][0].set_ylim(len(table) - 0.5, -0.5)                   # first variant on top (shared by every panel)
     fig.tight_layout()
     return fig
 
-# %% ../nbs/12_viz.ipynb #a5a64b98
+# %% ../nbs/12_viz.ipynb #0db13592
+LABELS = {'train_loss': 'training loss (weighted sum)', 'train_ce': 'training cross-entropy',
+          'val_top1': 'validation top-1 (%)', 'ema_top1': 'EMA validation top-1 (%)',
+          'val_agree': 'agreement with the teacher (%)', 'val_kl': 'KL(teacher ‖ student)'}
+
 def curves_plot(epochs: dict, keys: tuple = ('train_loss', 'val_top1')):
-    "One panel per key, one line per run, against the epoch; returns the figure."
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3), squeeze=False)
+    "One panel per key, one line per run, against the (whole) epoch; returns the figure."
+    from matplotlib.ticker import MaxNLocator
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2), squeeze=False)
     for ax, k in zip(axes[0], keys):
         for name, recs in epochs.items():
-            pts = [(r['epoch'], r[k]) for r in recs if k in r]
-            if pts: ax.plot(*zip(*pts), label=name)
-        ax.set_xlabel('epoch'); ax.set_title(k)
+            pts = [(r['epoch'] + 1, r[k]) for r in recs if k in r]
+            if pts: ax.plot(*zip(*pts), marker='o' if len(pts) < 12 else None, ms=3, label=name)
+        ax.set_xlabel('epochs trained'); ax.set_ylabel(LABELS.get(k, k)); ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     return fig
 
-# %% ../nbs/12_viz.ipynb #dbf315af
+# %% ../nbs/12_viz.ipynb #74f57b35
 def cls_attention(q: torch.Tensor, k: torch.Tensor, grid: tuple, prefix: int = 1) -> torch.Tensor:
     "Class-token attention to the patches, per head: q, k `(B, heads, T, d)` -> `(B, heads, h, w)`."
     attn = qk_logits(q, k).softmax(-1)                                      # (B, heads, T, T)
@@ -113,30 +131,42 @@ def token_attention(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     "Head-averaged softmax attention between tokens: `(B, heads, N, d)` -> `(B, N, N)`."
     return qk_logits(q, k).softmax(-1).mean(1)                              # (B, N, N)
 
+def _token_panel(fig, ax, m: torch.Tensor, title: str):
+    "One token-to-token map with its axes named and a colour bar."
+    im = ax.imshow(m, cmap='viridis')
+    ax.set_title(title, fontsize=8); ax.set_xlabel('key token', fontsize=7); ax.set_ylabel('query token', fontsize=7)
+    ax.tick_params(labelsize=6)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03).ax.tick_params(labelsize=6)
+
 def attention_figure(image: torch.Tensor, cls_maps: torch.Tensor, teacher_tokens: torch.Tensor,
                      student_tokens: dict, heads: int = 4, keep: float | None = None):
-    """Row 1: the image and the teacher's class-token attention of `heads` heads, upsampled over it (with `keep`,
-    DINO-style: the image shown only where the head puts that share of its attention).
-    Row 2: the teacher's token-to-token attention and each student's (PCA-projected) map."""
-    n = max(1 + heads, 1 + len(student_tokens))
-    fig, ax = plt.subplots(2, n, figsize=(2 * n, 4.2))
+    """Top: the image and the teacher's class-token attention of `heads` heads over it (with `keep`, DINO-style:
+    the image shown only where the head puts that share of its attention). Bottom: token-to-token attention
+    (row i: where patch i looks; heads averaged), the teacher's and each student's PCA-projected map."""
+    heads = min(heads, cls_maps.shape[0])
+    width = max(2.0 * (1 + heads), 2.9 * (1 + len(student_tokens)))
+    fig = plt.figure(figsize=(width, 5.4), layout='constrained')
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1, 1.25])
+    ax = top.subplots(1, 1 + heads, squeeze=False)[0]
     img = image.permute(1, 2, 0).clamp(0, 1)
-    ax[0, 0].imshow(img); ax[0, 0].set_title('image', fontsize=8)
-    for h in range(min(heads, cls_maps.shape[0])):
+    ax[0].imshow(img); ax[0].set_title('input', fontsize=8)
+    for h in range(heads):
         shown = cls_maps[h] if keep is None else keep_mass(cls_maps[h], keep).float()
         up = F.interpolate(shown[None, None], size=image.shape[-2:], mode='nearest')[0, 0]
-        if keep is None: ax[0, 1 + h].imshow(img); ax[0, 1 + h].imshow(up, alpha=0.6, cmap='inferno')
-        else: ax[0, 1 + h].imshow(img * (0.15 + 0.85 * up[..., None]))
-        ax[0, 1 + h].set_title(f'teacher cls, head {h}', fontsize=8)
-    ax[1, 0].imshow(teacher_tokens); ax[1, 0].set_title('teacher tokens', fontsize=8)
-    for j, (name, m) in enumerate(student_tokens.items()):
-        ax[1, 1 + j].imshow(m); ax[1, 1 + j].set_title(name, fontsize=8)
-    for a in ax.flat: a.set_xticks([]); a.set_yticks([])
-    for a in list(ax[0, 1 + min(heads, cls_maps.shape[0]):]) + list(ax[1, 1 + len(student_tokens):]): a.axis('off')
-    fig.tight_layout()
+        if keep is None: ax[1 + h].imshow(img); ax[1 + h].imshow(up, alpha=0.6, cmap='inferno')
+        else: ax[1 + h].imshow(img * (0.15 + 0.85 * up[..., None]))
+        ax[1 + h].set_title(f'head {h}', fontsize=8)
+    for a in ax: a.set_xticks([]); a.set_yticks([])
+    shown = f'top {keep:.0%} of the mass' if keep is not None else 'heat map'
+    top.suptitle(f"teacher: class-token attention to the patches, last block ({shown})", fontsize=9)
+    ax = bottom.subplots(1, 1 + len(student_tokens), squeeze=False)[0]
+    _token_panel(bottom, ax[0], teacher_tokens, 'teacher')
+    for a, (name, m) in zip(ax[1:], student_tokens.items()): _token_panel(bottom, a, m, name)
+    bottom.suptitle('token-to-token attention between patches (row: query patch, heads averaged); students: '
+                    'from the PCA projector', fontsize=9)
     return fig
 
-# %% ../nbs/12_viz.ipynb #0591a1d2
+# %% ../nbs/12_viz.ipynb #7e0ce2f5
 @torch.no_grad()
 def attention_maps(distiller, x: torch.Tensor) -> dict:
     "Teacher `cls` `(B, heads, h, w)` and `teacher` `(B, N, N)` attention of `x`; `student`: the PCA map or None."
@@ -146,10 +176,15 @@ def attention_maps(distiller, x: torch.Tensor) -> dict:
     cls = cls_attention(t.q, t.k, t.grid, t.prefix)
     return {'cls': cls, 'teacher': token_attention(*t.patch_qkv[:2]), 'student': student}
 
-def attention_agreement(teacher: torch.Tensor, student: torch.Tensor) -> dict:
-    "MSE and mean row cosine similarity between attention maps `(..., N, N)`."
-    cosine = F.cosine_similarity(student, teacher, dim=-1).mean().item()
-    return {'mse': F.mse_loss(student, teacher).item(), 'cosine': cosine}
+def attention_agreement(teacher: torch.Tensor, student: torch.Tensor, eps: float = 1e-8) -> dict:
+    """How close row-stochastic attention maps `(..., N, N)` are: the mean KL(teacher row ‖ student row) (0: the
+    same), the Pearson correlation of the maps with each row's mean removed (1: the same pattern), and the MSE."""
+    t, s = teacher.double().clamp_min(eps), student.double().clamp_min(eps)
+    t, s = t / t.sum(-1, keepdim=True), s / s.sum(-1, keepdim=True)
+    kl = (t * (t.log() - s.log())).sum(-1).mean().item()
+    tc, sc = (t - t.mean(-1, keepdim=True)).flatten(), (s - s.mean(-1, keepdim=True)).flatten()
+    r = (tc @ sc / (tc.norm() * sc.norm()).clamp_min(eps)).item()
+    return {'kl': kl, 'correlation': r, 'mse': F.mse_loss(student.double(), teacher.double()).item()}
 
 def load_photo(name: str):
     "A photo that ships with scikit-image (`skimage.data.<name>()`), as an RGB PIL image."
@@ -161,7 +196,7 @@ def load_photo(name: str):
     if a.ndim == 2: a = a[..., None].repeat(3, -1)
     return Image.fromarray(a[..., :3])
 
-# %% ../nbs/12_viz.ipynb #5ba7011a
+# %% ../nbs/12_viz.ipynb #bc414654
 PUBLISHED = [
     dict(source='torchvision docs', dataset='ImageNet-1k', model='ViT-B/16 (torchvision IMAGENET1K_V1)',
          method='teacher', top1=81.072),
@@ -196,26 +231,34 @@ def summarise(df) -> 'pd.DataFrame':
     g = df.groupby(['run', 'dataset', 'method'], sort=False)['top1']
     return g.agg(mean='mean', sd='std', n='count').reset_index()
 
-def results_plot(df, published: list | None = None):
-    "Our top-1 per method (bars: mean, dots: seeds), one panel per run; beside them, hatched, the published numbers."
-    import seaborn as sns
+def results_plot(df, published: list | None = None, folder: str = ''):
+    """Our top-1 per method (dots: seeds, black: mean ± sd), one panel per run; beside them, as diamonds on their own
+    axis, the published numbers. Returns the figure."""
     runs = list(dict.fromkeys(df['run']))
     n = len(runs) + (1 if published else 0)
-    fig, axes = plt.subplots(1, max(n, 1), figsize=(4.5 * max(n, 1), 3.4), squeeze=False)
+    widths = [1.2 + 1.0 * df[df['run'] == r]['method'].nunique() for r in runs] + ([1.2 + 0.9 * len(published)]
+                                                                                    if published else [])
+    fig, axes = plt.subplots(1, max(n, 1), figsize=(sum(widths) + 0.6, 3.8), squeeze=False,
+                             gridspec_kw=dict(width_ratios=widths or [1]))
     for ax, run in zip(axes[0], runs):
         d = df[df['run'] == run]
-        sns.barplot(data=d, x='method', y='top1', errorbar='sd', ax=ax, color='#9ecae1', capsize=0.2)
-        sns.stripplot(data=d, x='method', y='top1', ax=ax, color='#08519c', size=4)
-        ax.set_title(f'ours: {run}', fontsize=9); ax.set_xlabel('')
-        ax.tick_params(axis='x', labelrotation=30, labelsize=7)
-        ax.set_ylim(max(0, d['top1'].min() - 10), 100)
+        methods = list(dict.fromkeys(d['method']))
+        for i, m in enumerate(methods): _seed_dots(ax, i, d[d['method'] == m]['top1'].tolist())
+        ax.set_xticks(range(len(methods)), [f"{m}\n(n={(d['method'] == m).sum()})" for m in methods],
+                      rotation=30, ha='right', fontsize=8)
+        ax.set_xlim(-0.6, len(methods) - 0.4); ax.margins(y=0.12)
+        name = run if run != '.' else (Path(folder).name or 'this folder')
+        ax.set_title(f'ours: {name}', fontsize=9); ax.grid(axis='y', alpha=0.3)
     if published:
         ax = axes[0][-1]
-        names = [f"{r['method']}\n({r['source']})" for r in published]
-        ax.bar(range(len(published)), [r['top1'] for r in published], color='#fdd0a2', hatch='//', edgecolor='#a63603')
-        ax.set_xticks(range(len(published)), names, rotation=30, fontsize=6, ha='right')
-        ax.set_ylim(min(r['top1'] for r in published) - 10, 100)
-        ax.set_title("published, not ours: ImageNet-1k (METHOD.md §8)", fontsize=9)
+        ax.plot(range(len(published)), [r['top1'] for r in published], 'D', color='#a63603', ms=7)
+        for i, r in enumerate(published):
+            ax.annotate(f"{r['top1']:.1f}", (i, r['top1']), xytext=(0, 6), textcoords='offset points',
+                        ha='center', fontsize=7)
+        ax.set_xticks(range(len(published)), [f"{r['method']}\n{r['source']}" for r in published], rotation=30,
+                      ha='right', fontsize=7)
+        ax.set_xlim(-0.6, len(published) - 0.4); ax.grid(axis='y', alpha=0.3); ax.margins(y=0.15)
+        ax.set_title('published, not ours: ImageNet-1k (METHOD.md §8)', fontsize=9)
     for ax in axes[0]: ax.set_ylabel('top-1 (%)')
     fig.tight_layout()
     return fig

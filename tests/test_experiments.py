@@ -9,6 +9,12 @@ ROOT = Path(__file__).parents[1]
 EXPERIMENTS = sorted((ROOT / 'nbs' / 'experiments').glob('*.ipynb'))
 
 
+def make(target, out, **variables):
+    "`make TARGET OUT=out VAR=value ...` in the repository, as the README shows it; the completed process."
+    cmd = ['make', target, f'OUT={out}', *[f'{k}={v}' for k, v in variables.items()]]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
 @pytest.mark.parametrize('nb', EXPERIMENTS, ids=lambda p: p.stem)
 def test_exactly_one_parameters_cell_then_derived_values(nb):
     cells = json.loads(nb.read_text())['cells']
@@ -17,6 +23,7 @@ def test_exactly_one_parameters_cell_then_derived_values(nb):
     params = ''.join(cells[tagged[0]]['source'])
     assert all('=' in l and '#' in l for l in params.splitlines() if l.strip()), 'flat, commented assignments'
     assert cells[tagged[0] + 1]['cell_type'] == 'code'                        # derived values come next
+    assert 'globals().update(check_parameters(globals()))' in ''.join(cells[tagged[0] + 1]['source'])
     assert not any(c.get('outputs') for c in cells)                           # committed clean
     import papermill as pm
     names = {l.split('=')[0].strip() for l in params.splitlines() if '=' in l}
@@ -29,8 +36,7 @@ def tiny_reproduce(tmp_path_factory):
     out = tmp_path_factory.mktemp('reproduce') / 'reproduce'
     args = ('-p labels_per_class 3 -p teacher_epochs 1 -p steps 2 -p batch_size 8 -p transfer_batch_size 8 '
             '-p seeds 0,1 -p methods baseline,cakd_official,cakd_paper')
-    r = subprocess.run(['make', 'reproduce', f'REPRODUCE_OUT={out}', f'REPRODUCE_ARGS={args}'], cwd=ROOT,
-                       capture_output=True, text=True, timeout=900)
+    r = make('reproduce', out, ARGS=args)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
     return out
 
@@ -60,10 +66,9 @@ def test_make_reproduce_with_tiny_parameters(tiny_reproduce):
 
 def test_ablation_on_the_tiny_reproduction(tiny_reproduce, tmp_path):
     out = tmp_path / 'ablation'
-    out.mkdir()
-    pm.execute_notebook(str(ROOT / 'nbs/experiments/ablation.ipynb'), str(out / 'ablation.ipynb'), cwd=str(ROOT),
-                        parameters=dict(reproduce=str(tiny_reproduce), output=str(out), official_terms='kd,adv',
-                                        paper_parts='swap', seeds='1'), progress_bar=False)
+    r = make('ablation', out, ARGS=f'-p reproduce {tiny_reproduce} -p official_terms kd,adv -p paper_parts swap '
+                                   '-y "{seeds: [1]}"')
+    assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((out / 'results.json').read_text())
     assert [r['variant'] for r in res['variants']] == ['official - kd', 'official - adv', 'paper - swap']
     full = json.loads((tiny_reproduce / 'results.json').read_text())['methods']['cakd_official']['top1'][1]
@@ -103,6 +108,9 @@ def test_imagenet_launcher_two_cpu_processes(digits, tmp_path):
     assert res['world_size'] == 2 and res['global_batch'] == 16 and res['epochs_run'] == 1
     (top1,) = res['methods']['cakd_official']['top1']
     assert 0 <= top1 <= 100 and res['params']['nproc_per_node'] == 2
+    ev = res['methods']['cakd_official']['evaluation']                  # both resizes of METHOD.md §7.16, named
+    assert set(ev) == {'official: resize = crop', 'standard: resize 37, centre crop'}
+    assert ev['official: resize = crop'] == top1
     log = (out / 'torchrun.log').read_text()
     assert '[rank 0/2] epoch 0' in log and '[rank 1/2] epoch 0' in log
     executed = json.loads((out / 'imagenet.ipynb').read_text())
@@ -156,15 +164,13 @@ def cakd_run(digits, tmp_path_factory):
 
 def test_attention_maps_on_photos_before_and_after(cakd_run, tmp_path):
     out = tmp_path / 'maps'
-    out.mkdir()
-    pm.execute_notebook(str(ROOT / 'nbs/experiments/attention_maps.ipynb'), str(out / 'attention_maps.ipynb'),
-                        cwd=str(ROOT), progress_bar=False,
-                        parameters=dict(run=str(cakd_run), images=['astronaut', 'camera'], output=str(out)))
+    r = make('attention', out, RUN=cakd_run, ARGS='-p images astronaut,camera')
+    assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((out / 'results.json').read_text())
     assert set(res['agreement']) == {'astronaut', 'camera'}
     for photo in res['agreement'].values():
         assert set(photo) == {'before', 'after'}
-        assert all(0 <= v['mse'] and -1 <= v['cosine'] <= 1 for v in photo.values())
+        assert all(v['kl'] >= 0 and v['mse'] >= 0 and -1 <= v['correlation'] <= 1 for v in photo.values())
         assert photo['before'] != photo['after']                               # the trained projector changed the map
     for photo in ('astronaut', 'camera'):
         assert (out / f'attention_{photo}.png').stat().st_size > 5000
@@ -179,9 +185,8 @@ def test_results_notebook_collects_runs(tmp_path):
                'methods': {m: {'top1': a} for m, a in accs.items()}}
         (runs / name / 'results.json').write_text(json.dumps(res))
     out = tmp_path / 'summary'
-    out.mkdir()
-    pm.execute_notebook(str(ROOT / 'nbs/experiments/results.ipynb'), str(out / 'results.ipynb'), cwd=str(ROOT),
-                        parameters=dict(folder=str(runs), output=str(out)), progress_bar=False)
+    r = make('results', out, ARGS=f'-p folder {runs}')
+    assert r.returncode == 0, r.stderr[-3000:]
     summary = {(r['run'], r['method']): r for r in json.loads((out / 'results-summary.json').read_text())['summary']}
     assert summary[('reproduce', 'baseline')]['mean'] == 61.0 and summary[('reproduce', 'baseline')]['n'] == 2
     assert summary[('imagenet', 'cakd_official')]['n'] == 1 and summary[('imagenet', 'teacher')]['mean'] == 90.0
@@ -192,3 +197,34 @@ def test_results_notebook_collects_runs(tmp_path):
         pm.execute_notebook(str(ROOT / 'nbs/experiments/results.ipynb'), str(tmp_path / 'x.ipynb'), cwd=str(ROOT),
                             parameters=dict(folder=str(tmp_path / 'empty'), output=str(tmp_path / 'e')),
                             progress_bar=False)
+
+
+def test_make_imagenet_as_the_readme_prints_it(tmp_path):
+    "The README's line, into a temporary folder: the folder is made, and the run stops before any work with the reason."
+    r = make('imagenet', tmp_path / 'imagenet', DATA='/data/imagenet')
+    assert r.returncode != 0 and 'LaunchError' in r.stderr + r.stdout
+    reason = 'CUDA is not available' if not torch.cuda.is_available() else 'data folder /data/imagenet does not exist'
+    assert reason in r.stderr + r.stdout
+    assert (tmp_path / 'imagenet' / 'imagenet.ipynb').exists()                # papermill wrote the failed notebook
+    r = subprocess.run(['make', 'imagenet'], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and 'make imagenet: pass DATA=<ImageFolder root with train/ and val/>' in r.stderr
+
+
+@pytest.mark.parametrize('name', [p.stem for p in EXPERIMENTS])
+def test_bad_parameters_fail_before_any_work(name, tmp_path):
+    "A typo and a wrong type, as papermill users type them: one message naming each, before anything is made."
+    out = tmp_path / 'o'
+    bad = {'reproduce': '-p steps ten', 'ablation': '-p jobs two', 'imagenet': '-p epochs ten',
+           'attention_maps': '-p keep lots', 'results': '-p show_published maybe'}[name]
+    with pytest.raises(pm.PapermillExecutionError) as err:
+        pm.execute_notebook(str(ROOT / f'nbs/experiments/{name}.ipynb'), str(tmp_path / 'x.ipynb'), cwd=str(ROOT),
+                            parameters={'output': str(out), 'outptu': 'typo', bad.split()[1]: bad.split()[2]},
+                            progress_bar=False)
+    assert err.value.ename == 'ParameterError'
+    expected = {'reproduce': "steps = 'ten': expected an integer, like its default 150",
+                'ablation': "jobs = 'two': expected an integer, like its default 2",
+                'imagenet': "epochs = 'ten': expected an integer, like its default 0",
+                'attention_maps': "keep = 'lots': expected a number, like its default 0.6",
+                'results': "show_published = 'maybe': expected True or False, like its default True"}[name]
+    assert 'outptu is not a parameter of this notebook (did you mean output?)' in err.value.evalue
+    assert expected in err.value.evalue and not out.exists()

@@ -1,8 +1,9 @@
-import json
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+from cakd.train import read_records as records
 
 ROOT = Path(__file__).parents[1]
 
@@ -39,6 +40,11 @@ def test_readme_training_smoke_commands_run(tmp_path):
     sd = torch.load(tmp_path / 'runs/smoke/student_last.pt', weights_only=True)
     torchvision.models.resnet18(num_classes=10).load_state_dict(sd)
     assert (tmp_path / 'runs/smoke/epochs.csv').exists()
+    (epoch,) = records(tmp_path / 'runs/smoke')
+    assert {'train_attn', 'train_vv', 'train_feat', 'train_cls', 'train_kd', 'train_adv'} <= set(epoch)
+    assert epoch['train_attn'] > 0 and epoch['lr'] == 0.01                   # distils, and trains at --lr
+    assert 'distillation weight: 0 until epoch 0.208, 0.2 from epoch 0.292 of 1' in r.stdout
+    assert 'warning' not in r.stdout + r.stderr
 
 
 def test_readme_gpu_commands_parse():
@@ -47,16 +53,8 @@ def test_readme_gpu_commands_parse():
     from cakd.train import parse_config
     (block,) = sh_blocks('bash')
     lines = [l for l in block.splitlines() if l.strip()]
-    assert len(lines) == 3
-    (pm_line,) = [l for l in lines if l.startswith('papermill ')]
-    argv = shlex.split(pm_line)
-    nb = json.loads((ROOT / argv[1]).read_text())                       # the notebook exists
-    (params,) = [''.join(c['source']) for c in nb['cells'] if 'parameters' in c.get('metadata', {}).get('tags', [])]
-    names = {l.split('=')[0].strip() for l in params.splitlines() if '=' in l}
-    given = {argv[i + 1]: argv[i + 2] for i, a in enumerate(argv) if a == '-p'}
-    assert given == {'data': '/data/imagenet'} and set(given) <= names and '--log-output' in argv
-    for line in lines:
-        if line.startswith('papermill '): continue
+    assert lines[0] == 'make imagenet DATA=/data/imagenet' and len(lines) == 3   # run by test_make_imagenet_as_...
+    for line in lines[1:]:
         argv = shlex.split(line)
         assert argv[0] == 'torchrun'
         run = get_args_parser().parse_args(argv[1:])
@@ -64,3 +62,14 @@ def test_readme_gpu_commands_parse():
         cfg = parse_config(run.training_script_args)
         assert (cfg.method, cfg.preset.name, cfg.epochs, cfg.batch_size, cfg.data) == (
             'cakd_official', 'official', 120, 32, '/data/imagenet')
+
+
+def test_every_make_line_of_the_readme_is_run_by_a_test():
+    "Each `make <target>` the README shows is a Makefile target that a test runs (or CI: make test)."
+    made = {l.split()[1] for b in sh_blocks('sh') + sh_blocks('bash') for l in b.splitlines() if l.startswith('make ')}
+    assert {'reproduce', 'test', 'imagenet', 'attention', 'results', 'ablation', 'lab', 'docs'} <= made
+    tests = ''.join(p.read_text() for p in (ROOT / 'tests').glob('test_*.py'))
+    makefile = (ROOT / 'Makefile').read_text()
+    for target in made - {'test'}:
+        assert f'\n{target}:' in makefile, target
+        assert f"make('{target}'" in tests or f"'make', '{target}'" in tests, target

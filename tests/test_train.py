@@ -90,7 +90,8 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(digits, tmp_pat
 
 def test_sigterm_leaves_a_loadable_checkpoint_and_resumes(digits, tmp_path):
     out = tmp_path / 'run'
-    args = ['--data', str(digits), '--output', str(out), '--epochs', '50', *SMALL, '--method', 'logits']
+    args = ['--data', str(digits), '--output', str(out), '--epochs', '2', '--max-steps-per-epoch', '40', *SMALL,
+            '--method', 'logits']
     p = subprocess.Popen([str(BIN / 'cakd-train'), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env=ENV)
     deadline = time.time() + 120
@@ -103,9 +104,9 @@ def test_sigterm_leaves_a_loadable_checkpoint_and_resumes(digits, tmp_path):
     ck = torch.load(out / 'checkpoint.pt', weights_only=True)
     assert ck['step'] >= 5 and (ck['batches_done'] > 0 or ck['epoch'] > 0)
     assert not list(out.glob('.checkpoint.pt.tmp*'))                              # no half-written file left
-    r = cakd_train(*args[:5], '2', *args[6:], '--max-steps-per-epoch', '3')
+    r = cakd_train(*args)                                                      # the same run, continued
     assert r.returncode == 0, r.stderr[-2000:]
-    assert records(out, 'resume')[0]['step'] == ck['step']
+    assert records(out, 'resume')[0]['step'] == ck['step'] and records(out)[-1]['epoch'] == 1
 
 
 def test_non_finite_loss_stops_with_step_and_term_and_keeps_last_checkpoint(digits, tmp_path, fail):
@@ -169,9 +170,44 @@ def test_class_count_mismatch_and_foreign_checkpoint(digits, tmp_path, fail, mai
     args = ['--data', digits, '--output', out, '--epochs', 1, '--max-steps-per-epoch', 1, *SMALL,
             '--method', 'baseline']
     assert main_in_process(*args)[0] == 0
+    epochs_logged = len(records(out))
+    assert main_in_process(*args)[0] == 0                                    # identical: the finished run is reused
+    assert len(records(out)) == epochs_logged
     err = fail('--data', str(digits), '--output', str(out), '--epochs', '2', *SMALL, '--method', 'logits')
-    assert (f"checkpoint {out / 'checkpoint.pt'} was written by another configuration (method: checkpoint 'baseline', "
-            "now 'logits'") in err
+    assert f"checkpoint {out / 'checkpoint.pt'} was written by another configuration (" in err
+    assert "epochs: checkpoint 1, now 2" in err and "method: checkpoint 'baseline', now 'logits'" in err
+    assert ("a resume needs every setting that shapes the run to match: pass another --output for a new run, or "
+            "--resume never to start this one afresh") in err
+    err = fail('--data', str(digits), '--output', str(out), *[str(a) for a in args[4:]], '--lr', '0.5')
+    assert 'another configuration (lr: checkpoint 0.01, now 0.5)' in err     # a finished run with another lr
+
+
+class Evil:
+    "A pickle that would run a shell command when loaded without weights_only."
+    def __init__(self, mark): self.mark = mark
+    def __reduce__(self): return (os.system, (f'touch {self.mark}',))
+
+
+def test_checkpoint_that_would_run_code_is_refused_in_one_line(digits, tmp_path, fail):
+    mark, evil = tmp_path / 'pwned', tmp_path / 'evil.pt'
+    torch.save({'distiller': Evil(mark)}, evil)
+    run = tmp_path / 'run'
+    run.mkdir()
+    shutil.copy(evil, run / 'checkpoint.pt')
+    base = ['--data', str(digits), '--epochs', '1', *SMALL]
+    for args, path in [(['--output', str(run)], run / 'checkpoint.pt'),
+                       (['--output', str(tmp_path / 'b'), '--resume', str(evil)], evil),
+                       (['--output', str(tmp_path / 'c'), '--teacher-weights', str(evil)], evil)]:
+        err = fail(*base, *args)
+        (line,) = [l for l in err.splitlines() if 'error' in l.lower()]              # one line
+        assert line.startswith(f'cakd-train: error: {path} holds objects other than tensors and plain values')
+        assert 'weights_only=False' not in err and 'Traceback' not in err and not mark.exists()
+
+
+def test_missing_data_is_named_and_leaves_nothing(tmp_path, fail):
+    assert 'cakd-train: error: --data is required: an ImageFolder root with train/ and val/' in fail(*SMALL)
+    err = fail('--data', str(tmp_path / 'nope'), '--output', str(tmp_path / 'run'), *SMALL)
+    assert f"data folder {tmp_path / 'nope'} does not exist" in err and not (tmp_path / 'run').exists()
 
 
 def test_impossible_device_and_unknown_weights(digits, tmp_path, fail):
@@ -191,7 +227,7 @@ def test_fewer_than_five_classes_reports_top_k(digits, tmp_path, main_in_process
                                    '--teacher-options', '{"img_size": 32, "patch_size": 4, "num_classes": 3}')
     assert code == 0, err[-2000:]
     ep = records(tmp_path / 'o')[0]
-    assert {'val_32_top1', 'val_32_top3', 'val_37_top3'} <= set(ep) and 'val_32_top5' not in ep
+    assert {'val_top1', 'val_top3', 'val_37_top1', 'val_37_top3'} <= set(ep) and 'val_top5' not in ep   # 32 and 37
 
 
 def test_eval_and_save_every_n_epochs(digits, tmp_path, main_in_process, fail):
@@ -243,7 +279,8 @@ def test_help_documents_every_option():
                   'speed:', 'checkpoints, logging and processes:', 'preset fields:'):
         assert group in text, group
     assert '--preset.swap_p' in text and '--preset.weights.adv' in text and '--preset.ramp.start' in text
-    assert 'cakd_paper' in text and 'lr_warmup_epochs=5' in text                     # the methods' recipes
+    assert 'recipe defaults each method sets' in text and 'assume 8 processes' in text   # the methods' recipes
+    assert 'lr_warmup_epochs 0 0 5 5' in text and 'cakd_paper' in text
     assert 'torchrun --nproc_per_node=8' in text and '--nnodes=2' in text
 
 
@@ -273,7 +310,7 @@ def test_short_cakd_run_distils_in_every_epoch(digits, tmp_path, main_in_process
 
 def test_config_from_python_trains_one_epoch(digits, tmp_path):
     "The Python API: a TrainConfig with a changed Ramp object, no strings of JSON, through train(cfg)."
-    from cakd.losses import Ramp
+    from cakd.presets import Ramp
     from cakd.train import train
     cfg = TrainConfig.for_method('cakd_paper', data=str(digits), output=str(tmp_path / 'py'), device='cpu',
                                  model='resnet18', epochs=1, batch_size=8, workers=0, lr=0.01, max_steps_per_epoch=3,
