@@ -73,3 +73,4 @@ docs: venv                          ## the docs site in $(DOCS_OUT): nbdev_docs 
 
 bench: venv                         ## benchmarks, measured side by side
 	$(PY) bench/gl.py
+	$(PY) bench/help.py

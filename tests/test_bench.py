@@ -22,3 +22,9 @@ def test_bench_step_runs_and_prints_ratios():
                 '--teacher', 'vit_b_16', '--classes', '10')
     assert lines[-1].startswith('cakd/logits = ') and float(lines[-1].split('=')[1]) > 0
     assert lines[-2].startswith('logits/baseline = ')
+
+
+def test_bench_help_runs_and_prints_ratio():
+    lines = run('help.py', '--reps', '1')
+    assert lines[-1].startswith('help/torch-path = ') and float(lines[-1].split('=')[1]) > 0
+    assert lines[0].startswith('cakd-train --help') and lines[0].endswith(' s')

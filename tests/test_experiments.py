@@ -187,6 +187,9 @@ def test_results_notebook_collects_runs(tmp_path):
     out = tmp_path / 'summary'
     r = make('results', out, ARGS=f'-p folder {runs}')
     assert r.returncode == 0, r.stderr[-3000:]
+    shown = [''.join(o['data']['text/plain']) for c in json.loads((out / 'results.ipynb').read_text())['cells']
+             for o in c.get('outputs', []) if o.get('output_type') == 'execute_result']
+    assert not [t for t in shown if t.strip().isdigit()]                     # no stray character count
     summary = {(r['run'], r['method']): r for r in json.loads((out / 'results-summary.json').read_text())['summary']}
     assert summary[('reproduce', 'baseline')]['mean'] == 61.0 and summary[('reproduce', 'baseline')]['n'] == 2
     assert summary[('imagenet', 'cakd_official')]['n'] == 1 and summary[('imagenet', 'teacher')]['mean'] == 90.0
@@ -221,7 +224,7 @@ def test_bad_parameters_fail_before_any_work(name, tmp_path):
                             parameters={'output': str(out), 'outptu': 'typo', bad.split()[1]: bad.split()[2]},
                             progress_bar=False)
     assert err.value.ename == 'ParameterError'
-    expected = {'reproduce': "steps = 'ten': expected an integer, like its default 150",
+    expected = {'reproduce': "steps = 'ten': expected an integer, like its default 138",
                 'ablation': "jobs = 'two': expected an integer, like its default 2",
                 'imagenet': "epochs = 'ten': expected an integer, like its default 0",
                 'attention_maps': "keep = 'lots': expected a number, like its default 0.6",

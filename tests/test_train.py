@@ -204,6 +204,22 @@ def test_checkpoint_that_would_run_code_is_refused_in_one_line(digits, tmp_path,
         assert 'weights_only=False' not in err and 'Traceback' not in err and not mark.exists()
 
 
+def test_restart_removes_stale_temps_logs_the_lr_trained_at_without_scheduler_warnings(digits, tmp_path):
+    import warnings
+    from cakd.train import main
+    out = tmp_path / 'w'
+    out.mkdir()
+    (out / '.checkpoint.pt.tmp4242').write_bytes(b'x' * 1000)          # left by a crash inside save_atomic
+    args = ['--data', str(digits), '--output', str(out), '--epochs', '2', '--max-steps-per-epoch', '2',
+            '--lr-warmup-epochs', '1', '--preset.ramp.start', '1', *SMALL]      # D idles through epoch 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        assert main(args) == 0
+    assert not [w for w in caught if 'lr_scheduler.step' in str(w.message)]
+    assert not (out / '.checkpoint.pt.tmp4242').exists()
+    assert [r['lr'] for r in records(out)] == [0.0001, 0.01]            # warm-up epoch at 1%, then --lr
+
+
 def test_missing_data_is_named_and_leaves_nothing(tmp_path, fail):
     assert 'cakd-train: error: --data is required: an ImageFolder root with train/ and val/' in fail(*SMALL)
     err = fail('--data', str(tmp_path / 'nope'), '--output', str(tmp_path / 'run'), *SMALL)
