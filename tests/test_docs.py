@@ -3,6 +3,7 @@ headless Chromium screenshots of its pages, a JupyterLab server started by `make
 generated from nbs/index.ipynb."""
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -79,11 +80,57 @@ def ink(png: Path) -> float:
     return sum(n for v, n in enumerate(hist) if abs(v - bg) > 40) / (im.width * im.height)
 
 
+def global_python() -> str:
+    "The first python3 on PATH outside this repository's .venv: the machine's, which make must not touch."
+    path = os.pathsep.join(d for d in os.environ['PATH'].split(os.pathsep) if not d.startswith(str(ROOT)))
+    return shutil.which('python3', path=path)
+
+
+def spies(folder: Path) -> dict:
+    "PATH entries named sudo, pip and pip3 that record any call in `folder/calls` and fail."
+    folder.mkdir()
+    for name in ('sudo', 'pip', 'pip3'):
+        (folder / name).write_text(f'#!/bin/sh\necho "{name} $*" >> {folder}/calls\nexit 1\n')
+        (folder / name).chmod(0o755)
+    return {**os.environ, 'PATH': f"{folder}{os.pathsep}{os.environ['PATH']}"}
+
+
+def paragraphs(text: str) -> list:
+    "Markdown paragraphs, whitespace collapsed and heading/quote markers dropped."
+    out = []
+    for p in text.split('\n\n'):
+        p = ' '.join(p.split()).lstrip('#> ').strip()
+        if p: out.append(p)
+    return out
+
+
+def assert_nothing_dropped(proc: Path):
+    "Every paragraph of every notebook's markdown is in its processed copy (front matter included)."
+    for nb in sorted((ROOT / 'nbs').rglob('*.ipynb')):
+        done = json.loads((proc / nb.relative_to(ROOT / 'nbs')).read_text())
+        texts = [''.join(c['source']) for c in done['cells']]
+        for t in texts[:1]:                                                     # the front matter, as YAML
+            if t.startswith('---'): texts += [str(v) for v in yaml.safe_load(t.strip().strip('-')).values()]
+        kept = ' '.join(' '.join(t.split()) for t in texts)
+        kept = re.sub(r'\[(`[^`]+`)\]\([^)]*\)', r'\1', kept)               # nbdev links `names` to their docs
+        for cell in json.loads(nb.read_text())['cells']:
+            if cell['cell_type'] != 'markdown': continue
+            for para in paragraphs(''.join(cell['source'])):
+                assert para in kept, (nb.name, para[:80])
+
+
 @pytest.mark.slow
 def test_make_docs_builds_every_page_and_chromium_renders_them(tmp_path):
     out = tmp_path / 'site'
-    r = subprocess.run(['make', 'docs', f'DOCS_OUT={out}'], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    freeze = lambda: subprocess.run([global_python(), '-m', 'pip', 'freeze'], capture_output=True, text=True).stdout
+    before = freeze()
+    env = spies(tmp_path / 'spies')
+    r = subprocess.run(['make', 'docs', f'DOCS_OUT={out}'], cwd=ROOT, capture_output=True, text=True, timeout=900,
+                       env=env)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
+    assert not (tmp_path / 'spies' / 'calls').exists(), (tmp_path / 'spies' / 'calls').read_text()
+    assert freeze() == before and 'Quarto is not installed' not in r.stdout   # the machine's Python untouched
+    assert_nothing_dropped(ROOT / '_proc')
     pages = json.loads((out / 'pages.json').read_text()) if (out / 'pages.json').exists() else None
     if pages is not None:                                        # the nbconvert site; Quarto writes its own layout
         assert len(pages) == len(sidebar_notebooks())

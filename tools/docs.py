@@ -7,15 +7,20 @@ sidebar linking the pages. The site has the same pages and file names as the Qua
 import argparse
 import html
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import nbdev.doclinks
 import nbformat
 import yaml
 from nbconvert import HTMLExporter
+from nbdev.config import get_config
+from nbdev.quarto import nbdev_sidebar, refresh_quarto_yml
+from nbdev.serve import proc_nbs
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -42,9 +47,20 @@ def front_matter(nb) -> tuple:
     return {}, nb
 
 
+def process():
+    """`nbdev_proc_nbs` without its first step: with no Quarto on PATH, that step downloads Quarto with `sudo` and
+    runs `pip install -e` with whatever `pip` comes first on PATH (the machine's, under make). The rest is nbdev's own:
+    the `_quarto.yml` refresh, the module index, and the processing of every notebook into `_proc/`."""
+    os.chdir(ROOT)
+    refresh_quarto_yml()
+    nbdev.doclinks._build_modidx()
+    nbdev_sidebar.__wrapped__(path=get_config().nbs_path)
+    proc_nbs(get_config().nbs_path)
+
+
 def render(out: Path):
     proc = ROOT / '_proc'
-    subprocess.run([str(BIN / 'nbdev_proc_nbs')], cwd=ROOT, check=True)
+    process()
     pages = []
     for section, rel in sidebar():
         nb = nbformat.read(proc / rel, as_version=4)
