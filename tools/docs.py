@@ -17,7 +17,9 @@ from pathlib import Path
 import nbdev.doclinks
 import nbformat
 import yaml
+from latex2mathml.converter import convert
 from nbconvert import HTMLExporter
+from nbconvert.preprocessors import TagRemovePreprocessor
 from nbdev.config import get_config
 from nbdev.quarto import nbdev_sidebar, refresh_quarto_yml
 from nbdev.serve import proc_nbs
@@ -58,6 +60,71 @@ def process():
     proc_nbs(get_config().nbs_path)
 
 
+DIRECTIVE = re.compile(r'^#\|\s*([\w-]+):\s*(.*)$')
+PANDOC_ATTRIBUTES = re.compile(r'(\]\([^)\s]*\))\{[^}]*\}')       # [text](url){target="_blank" style="..."}
+DISPLAY_MATH = re.compile(r'\$\$(.+?)\$\$', re.S)
+CODE = re.compile(r'(```.*?```|`[^`\n]*`)', re.S)
+
+
+def directives(src: str) -> tuple:
+    "Quarto's cell options (the `#| key: value` lines a cell starts with) and the source without them."
+    opts, lines = {}, src.splitlines()
+    while lines and DIRECTIVE.match(lines[0]):
+        key, value = DIRECTIVE.match(lines.pop(0)).groups()
+        opts[key] = yaml.safe_load(value)
+    return opts, '\n'.join(lines)
+
+
+def asis(outputs) -> str:
+    "The outputs of a cell as the Markdown Quarto would render for `output: asis`."
+    parts = []
+    for o in outputs:
+        data = o.get('data', {})
+        text = data.get('text/markdown') or data.get('text/plain') or o.get('text', '')
+        parts.append(''.join(text))
+    return '\n\n'.join(parts)
+
+
+def markdown(text: str) -> str:
+    "Pandoc's link attributes dropped and display maths written as MathML, outside code."
+    def prose(piece): return DISPLAY_MATH.sub(lambda m: '\n\n' + convert(m[1].strip(), display='block') + '\n\n',
+                                              PANDOC_ATTRIBUTES.sub(r'\1', piece))
+    return ''.join(p if CODE.fullmatch(p) else prose(p) for p in CODE.split(text))
+
+
+def as_quarto_shows(nb):
+    """The cells of a processed notebook as Quarto shows them: `include: false` cells dropped, `echo: false` inputs
+    hidden, `output: asis` outputs rendered as Markdown, `fig-cap` under its figure, options not shown."""
+    cells = []
+    for c in nb.cells:
+        if c.cell_type == 'code':
+            opts, c.source = directives(c.source)
+            if opts.get('include') is False: continue
+            if opts.get('output') == 'asis':
+                if opts.get('echo') is not False: cells.append(nbformat.v4.new_code_cell(c.source))
+                c = nbformat.v4.new_markdown_cell(asis(c.outputs))
+            elif opts.get('echo') is False: c.metadata.setdefault('tags', []).append('echo-false')
+            if 'fig-cap' in opts: cells += [c, nbformat.v4.new_markdown_cell(f"*{opts['fig-cap']}*")]; continue
+        if c.cell_type == 'markdown': c.source = markdown(c.source)
+        cells.append(c)
+    nb.cells = cells
+    return nb
+
+
+def exporter() -> HTMLExporter:
+    "nbconvert's lab template without prompts, with `echo-false` inputs removed."
+    e = HTMLExporter(template_name='lab', exclude_input_prompt=True, exclude_output_prompt=True)
+    e.register_preprocessor(TagRemovePreprocessor(remove_input_tags={'echo-false'}, enabled=True), enabled=True)
+    return e
+
+
+def offline(page: str) -> str:
+    """The page without the MathJax loader and the remote scripts nbconvert adds (maths is MathML already, and no
+    widget needs require.js): the page fetches nothing."""
+    page = re.sub(r'<!-- Load mathjax -->.*?<!-- End of mathjax configuration -->', '', page, flags=re.S)
+    return re.sub(r'<script[^>]*\ssrc="https?://[^"]*"[^>]*>\s*</script>', '', page)
+
+
 def render(out: Path):
     proc = ROOT / '_proc'
     process()
@@ -69,9 +136,9 @@ def render(out: Path):
         target = Path(rel).parent / fm.get('output-file', Path(rel).stem + '.html')
         head = f"# {title}\n\n" + (f"> {fm['description']}\n" if fm.get('description') else '')
         nb.cells.insert(0, nbformat.v4.new_markdown_cell(head))
-        pages.append((section, title, target, nb))
+        pages.append((section, title, target, as_quarto_shows(nb)))
     out.mkdir(parents=True, exist_ok=True)
-    exporter = HTMLExporter(template_name='lab')
+    html_exporter = exporter()
     for section, title, target, nb in pages:
         depth = len(target.parts) - 1
         up = '../' * depth
@@ -82,7 +149,8 @@ def render(out: Path):
             cls = ' class="active"' if tg == target else ''
             nav.append(f'<a{cls} href="{up}{tg.as_posix()}">{html.escape(t)}</a>')
         nav.append('</nav>')
-        body, _ = exporter.from_notebook_node(nb, resources={'metadata': {'name': title}})
+        body, _ = html_exporter.from_notebook_node(nb, resources={'metadata': {'name': title}})
+        body = offline(body)
         style = f'<link rel="stylesheet" href="{up}styles.css"><link rel="stylesheet" href="{up}site.css">'
         body = body.replace('</head>', style + '</head>', 1)
         body = re.sub(r'(<body[^>]*>)', lambda m: m.group(1) + ''.join(nav) + '<main class="cakd-main">', body, count=1)
@@ -108,6 +176,8 @@ body { margin: 0; }
 .cakd-home { font-weight: bold; font-size: 18px; margin-bottom: 8px; }
 .cakd-section { margin-top: 12px; font-weight: 600; color: #666; text-transform: uppercase; font-size: 12px; }
 .cakd-main { margin-left: 260px; max-width: 1000px; padding: 8px 24px; }
+.cakd-main pre { white-space: pre-wrap; overflow-wrap: anywhere; }
+math[display="block"] { margin: 0.8em 0; font-size: 1.1em; }
 """
 
 
