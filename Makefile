@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cakd-installed
 
-.PHONY: venv test sync nbtest pytest export bench reproduce ablation imagenet attention results lab docs readme
+.PHONY: venv test sync nbtest pytest export bench reproduce ablation imagenet cifar100 attention results lab docs readme
 
 $(STAMP): setup.py settings.ini
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -21,7 +21,7 @@ sync: venv                          ## fail if nbdev_export / nbdev_clean would 
 nbtest: venv                        ## run every notebook (cells flagged slow/gpu are skipped)
 	$(VENV)/bin/nbdev_test
 
-PYTEST_ARGS ?= -n 2
+PYTEST_ARGS ?= -n 2 --dist loadgroup
 
 pytest: venv                        ## the pytest suite (two workers: most tests wait on processes they start)
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
@@ -45,6 +45,9 @@ DATA ?=
 imagenet: venv                      ## the ImageNet run through torchrun (CUDA, a GPU per process): make imagenet DATA=dir
 	@test -n "$(DATA)" || { echo "make imagenet: pass DATA=<ImageFolder root with train/ and val/>" >&2; exit 2; }
 	$(call experiment,imagenet,runs/imagenet,-p data $(DATA))
+
+cifar100: venv                      ## CIFAR-100 on one GPU: fine-tune the teacher, then every method x 5 seeds
+	$(call experiment,cifar100,runs/cifar100,-p data $(or $(DATA),data/cifar))
 
 RUN ?= runs/reproduce/cakd_official_seed0
 attention: venv                     ## teacher and student attention maps of a CAKD run: make attention RUN=runs/imagenet

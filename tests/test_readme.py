@@ -73,3 +73,22 @@ def test_every_make_line_of_the_readme_is_run_by_a_test():
     for target in made - {'test'}:
         assert f'\n{target}:' in makefile, target
         assert f"make('{target}'" in tests or f"'make', '{target}'" in tests, target
+
+
+def test_readme_cifar100_commands_parse():
+    "The CIFAR-100 lines: `make cifar100` runs in tests/test_cifar.py; the others parse into the runs they describe."
+    import shlex
+    from cakd.config import parse_config
+    from cakd.export import build_parser
+    (block,) = [b for b in sh_blocks('sh') if 'make cifar100' in b]
+    lines = [shlex.split(l) for l in block.splitlines() if l.strip()]
+    assert lines[0] == ['make', 'cifar100', 'DATA=data/cifar'] and [l[0] for l in lines[1:]] == [
+        'cakd-train', 'cakd-train', 'cakd-export']
+    ft, dkd = parse_config(lines[1][1:]), parse_config(lines[2][1:])
+    assert (ft.method, ft.dataset, ft.download, ft.epochs, ft.lr, ft.weight_decay, ft.clip_grad_norm) == (
+        'finetune', 'cifar100', True, 10, 0.003, 0.0, 1.0)
+    assert (dkd.method, dkd.epochs, dkd.batch_size, dkd.lr, dkd.lr_milestones, dkd.weight_decay, dkd.model) == (
+        'dkd', 200, 64, 0.1, [100, 150], 1e-4, 'resnet18')
+    assert dkd.teacher_weights == f'{ft.output}/teacher.pt'                 # the fine-tune's file, nothing else
+    export = build_parser().parse_args(lines[3][1:])
+    assert (export.run, export.format) == (dkd.output, 'onnx')
