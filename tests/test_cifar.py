@@ -58,6 +58,21 @@ def test_finetune_writes_a_teacher_that_is_accepted_alone(cifar, teacher):
                                                                                             'cosineannealinglr')
 
 
+def test_finetune_on_an_imagefolder_then_its_teacher_pt_alone(digits, cifar, tmp_path, capsys):
+    "Fine-tuning works on any ImageFolder (here 10 digit classes from a 7-class 'pretrained' ViT); the teacher.pt it "
+    "writes is then the teacher of a kd run given --teacher-weights and nothing else about the teacher."
+    from cakd.build import load_run
+    ft, kd = tmp_path / 'ft', tmp_path / 'kd'
+    assert cli(['--method', 'finetune', '--data', digits, '--teacher', 'timm:vit_tiny_patch16_224', '--teacher-weights',
+                cifar / 'pretrained.pth', '--teacher-options', json.dumps(TINY_VIT), '--output', ft, *SMALL]) == 0
+    t = torch.load(ft / 'teacher.pt', weights_only=True)
+    assert t['classes'] == [str(c) for c in range(10)] and t['model']['head.weight'].shape == (10, 192)
+    assert cli(['--method', 'kd', '--data', digits, '--model', 'resnet18', '--teacher-weights', ft / 'teacher.pt',
+                '--output', kd, *SMALL]) == 0, capsys.readouterr().err
+    taught = load_run(kd).teacher.model.state_dict()
+    assert taught.keys() == t['model'].keys() and all(torch.equal(taught[k], v) for k, v in t['model'].items())
+
+
 @pytest.mark.parametrize('method', ['baseline', 'kd', 'dkd', 'cakd_official'])
 def test_cakd_train_dataset_cifar100_one_epoch(cifar, teacher, method, capsys):
     out = cifar / method

@@ -32,7 +32,7 @@ def test_readme_quick_start_is_two_make_targets():
 
 def test_readme_training_smoke_commands_run(tmp_path):
     import os
-    (block,) = [b for b in sh_blocks('sh') if 'cakd-train' in b]
+    (block,) = [b for b in sh_blocks('sh') if 'runs/smoke' in b]
     env = {**os.environ, 'PATH': f"{Path(sys.executable).parent}:{os.environ['PATH']}", 'CAKD_DEVICE': 'cpu'}
     r = subprocess.run(['bash', '-euc', block], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
