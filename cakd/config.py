@@ -359,7 +359,8 @@ def build_parser(defaults: TrainConfig | None = None) -> argparse.ArgumentParser
     "The `cakd-train` argument parser; `defaults` (a method's recipe, a YAML file) replace the field defaults."
     d = defaults or TrainConfig()
     p = argparse.ArgumentParser(prog='cakd-train', allow_abbrev=False, epilog=method_table() + '\n\n' + EXAMPLES,
-                                description='Train a CNN student by baseline, logits KD or CAKD.',
+                                description='Train a CNN student by baseline, KD, DKD, logits KD or CAKD, or '
+                                'fine-tune its ViT teacher (--method finetune).',
                                 formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, 36))
     p.add_argument('--config', metavar='YAML', help='YAML file of options (flags given here override it)')
     for group in GROUPS:
