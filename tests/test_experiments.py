@@ -158,7 +158,8 @@ def cakd_run(digits, tmp_path_factory):
     out = tmp_path_factory.mktemp('runs') / 'cakd_official_seed0'
     train(TrainConfig(data=str(digits), output=str(out), epochs=1, max_steps_per_epoch=3, device='cpu',
                       model='resnet18',
-                      batch_size=8, lr=0.01, workers=0, tensorboard=False, preset={'ramp': None}, **TINY_TEACHER))
+                      batch_size=8, lr=0.01, workers=0, tensorboard=False, preset={'ramp': None}, model_ema=False,
+                      val_resize='official', **TINY_TEACHER))
     return out
 
 

@@ -153,7 +153,8 @@ def test_corrupt_image_is_named_or_skipped_and_counted(digits, tmp_path, fail, m
     shutil.copytree(digits, data)
     broken = data / 'train' / '4' / 'zz_broken.jpg'
     broken.write_bytes(b'\xff\xd8 this is not a jpeg')
-    args = ['--data', str(data), '--epochs', '1', *SMALL, '--method', 'baseline', '--batch-size', '4']
+    args = ['--data', str(data), '--epochs', '1', *SMALL, '--method', 'baseline', '--batch-size', '4', '--teacher',
+            'none', '--train-crop-size', '32', '--val-resize', 'official']      # no teacher: the data path alone
     assert f'cannot read image {broken}' in fail(*args, '--output', str(tmp_path / 'r1'))
     code, _, err = main_in_process(*args, '--output', str(tmp_path / 'r2'), '--skip-bad-images')
     assert code == 0, err[-2000:]
@@ -304,7 +305,8 @@ def test_help_documents_every_option():
 def test_mixed_precision_and_channels_last(digits, tmp_path, main_in_process, amp):
     out = tmp_path / amp
     code, _, err = main_in_process('--data', digits, '--output', out, '--epochs', 1, '--max-steps-per-epoch', 2, *SMALL,
-                                   '--amp', amp, '--channels-last', '--preset.ramp', 'none', '--check-teacher')
+                                   '--amp', amp, '--channels-last', '--preset.ramp', 'none', '--check-teacher',
+                                   '--val-resize', 'official')
     assert code == 0, err[-2000:]
     ck = torch.load(out / 'checkpoint.pt', weights_only=True)
     assert (ck['scaler'] is not None) == (amp == 'fp16')
