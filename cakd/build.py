@@ -26,8 +26,8 @@ from .taps import TeacherTap
 # %% auto #0
 __all__ = ['WEIGHT_SUFFIXES', 'STUDENT_NORM', 'is_weights_file', 'load_state_dict', 'head_classes', 'build_teacher',
            'teacher_classes', 'check_teacher_classes', 'build_student', 'read_class_map', 'run_preset',
-           'build_distiller', 'replace_head', 'build_finetune', 'teacher_file', 'recorded_teacher', 'val_resizes',
-           'build_loaders', 'run_warnings', 'load_run']
+           'build_distiller', 'replace_head', 'vit_input_size', 'build_finetune', 'teacher_file', 'recorded_teacher',
+           'val_resizes', 'build_loaders', 'run_warnings', 'load_run']
 
 # %% ../nbs/10_build.ipynb #3a11f753
 WEIGHT_SUFFIXES = ('.pt', '.pth', '.safetensors')
@@ -153,14 +153,17 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     setattr(parent, attr, new)
     return model
 
+def vit_input_size(model: nn.Module) -> tuple:
+    "The input size `(H, W)` a torchvision or timm ViT was built for (read by a tap whose hooks go again at once)."
+    tap = TeacherTap(model)
+    try: return tap.image_size
+    finally: tap.remove()
+
 def build_finetune(cfg: TrainConfig, num_classes: int) -> tuple:
     "The pretrained teacher of `cfg` with a new head of `num_classes`, its input normalisation and size `(H, W)`."
     model, norm = build_teacher(cfg)
     replace_head(model, num_classes)
-    tap = TeacherTap(model)                               # reads the input size; its hooks go again at once
-    size = tap.image_size
-    tap.remove()
-    return model, norm, size
+    return model, norm, vit_input_size(model)
 
 def teacher_file(model: nn.Module, cfg: TrainConfig, classes: list) -> dict:
     "What `teacher.pt` holds: the fine-tuned weights, the architecture they need and the classes they predict."

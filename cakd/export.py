@@ -17,11 +17,11 @@ from torch import nn
 
 from dataclasses import replace
 
-from .build import STUDENT_NORM, build_finetune, build_student, build_teacher, load_state_dict
+from .build import STUDENT_NORM, build_finetune, build_student, build_teacher, load_state_dict, vit_input_size
 from .checkpoint import read_checkpoint
 from .config import TrainConfig, get_method
 from .core import check_choice
-from .taps import TeacherTap
+
 
 # %% auto #0
 __all__ = ['FORMATS', 'WEIGHTS', 'WRITERS', 'run_student', 'export_student_file', 'export_run', 'build_parser', 'cli']
@@ -35,10 +35,7 @@ def _architecture(cfg: TrainConfig, num_classes: int) -> tuple:
     bare = replace(cfg, teacher_weights='none')
     if get_method(cfg.method).finetunes: return build_finetune(bare, num_classes)
     crop = cfg.val_crop_size or cfg.train_crop_size
-    if crop is None:                                   # the teacher's input size, read off a randomly built teacher
-        tap = TeacherTap(build_teacher(bare)[0])
-        crop, _ = tap.image_size
-        tap.remove()
+    if crop is None: crop, _ = vit_input_size(build_teacher(bare)[0])   # a randomly built teacher's input size
     return build_student(cfg, num_classes), STUDENT_NORM, (crop, crop)
 
 def run_student(run: str | Path, weights: str = 'last') -> tuple:
@@ -88,7 +85,7 @@ WRITERS = {'onnx': (_write_onnx, _run_onnx), 'torchscript': (_write_torchscript,
 @torch.no_grad()
 def export_student_file(model: nn.Module, size: tuple, path: str | Path, fmt: str = 'onnx', opset: int = 17,
                         seed: int = 0) -> float | None:
-    "Write `model` (CPU, eval) as `fmt` to `path`; the largest |file − PyTorch| logit (None: no onnxruntime to run it)."
+    "Write `model` (CPU, eval) as `fmt` to `path`; the largest |file - PyTorch| logit (None: no onnxruntime to run it)."
     write, run = WRITERS[check_choice(fmt, FORMATS, '--format')]
     g = torch.Generator().manual_seed(seed)
     model = model.cpu().eval()
