@@ -2,9 +2,10 @@
 
 python bench/step.py [--batch 8] [--image-size 224] [--reps 3] [--teacher vit_b_16] [--student resnet50]
 
-Prints, for each method, the full step (`cakd.distiller.train_step`: teacher forward, student forward and
-backward, projectors, discriminator step, optimiser steps), then the parts measured on their own, and last
-the ratio cakd/logits. Random weights: nothing is downloaded.
+Prints, for each method (baseline, logits KD, CAKD `cakd_official` and `cakd_paper`), the full step
+(`Distiller.step`: teacher forward, student forward and backward, projectors, the multi-view pass up to the
+tapped stage, discriminator step, optimiser steps), then the parts measured on their own, and last the
+ratios to logits KD. Random weights: nothing is downloaded.
 """
 import argparse
 
@@ -12,7 +13,7 @@ import torch
 import torchvision
 
 from cakd.core import default_device
-from cakd.distiller import Distiller, train_step
+from cakd.distiller import Distiller
 from cakd.pca import attention_target
 
 from timing import interleaved  # bench/timing.py, beside this script
@@ -34,13 +35,12 @@ def main(argv=None):
     x = torch.randn(a.batch, 3, a.image_size, a.image_size, device=dev)
     y = torch.randint(0, a.classes, (a.batch,), device=dev)
     runs, dist = {}, {}
-    for method in ('baseline', 'logits', 'cakd'):
-        d = Distiller(teacher, torchvision.models.get_model(a.student, num_classes=a.classes),
-                      'official' if method == 'cakd' else method, ramp=None).to(dev)
-        opt, d_opt = d.optimisers(lr=1e-3)
-        runs[method] = (lambda d=d, opt=opt, d_opt=d_opt: train_step(d, x, y, 5, opt, d_opt))
+    for method in ('baseline', 'logits', 'cakd_official', 'cakd_paper'):
+        d = Distiller(teacher, torchvision.models.get_model(a.student, num_classes=a.classes), method, ramp=None)
+        d = d.to(dev).setup(lr=1e-3)
+        runs[method] = (lambda d=d: d.step(x, y, 5))
         dist[method] = d
-    d = dist['cakd']
+    d = dist['cakd_official']
     with torch.no_grad():
         t, (s, _, _) = d.teacher(x), d.model(x, project=False)
     feat, pooled = d.model.align(s.feat), s.pooled
@@ -67,7 +67,8 @@ def main(argv=None):
     t_parts = interleaved(parts, a.reps, sync)
     for k, v in {**t_runs, **t_parts}.items(): print(f"{k:45s} {v * 1000:9.1f} ms")
     print(f"logits/baseline = {t_runs['logits step'] / t_runs['baseline step']:.2f}")
-    print(f"cakd/logits = {t_runs['cakd step'] / t_runs['logits step']:.2f}")
+    for m in ('cakd_official', 'cakd_paper'):
+        print(f"{m}/logits = {t_runs[f'{m} step'] / t_runs['logits step']:.2f}")
 
 
 if __name__ == '__main__':

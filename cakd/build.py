@@ -5,29 +5,31 @@
 # %% ../nbs/10_build.ipynb #579c16ea
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torchvision
 from torch import nn
 
-from .checkpoint import read_checkpoint, restore
+from .checkpoint import read_checkpoint
 from .config import TrainConfig, get_method
-from .core import (IMAGENET_MEAN, IMAGENET_STD, check_choice, clean_state_dict, get_module, last_linear,
-                       seed_everything, unwrap)
-from .data import RASampler, ShardSampler, UnlabeledFolder, collate, eval_transform, standard_resize
-from .datasets import open_dataset
+from .core import (IMAGENET_MEAN, IMAGENET_STD, Env, check_choice, clean_state_dict, derive_seed, get_module,
+                       last_linear, seed_everything, seeded, unwrap)
+from .data import RASampler, SeededDataset, ShardSampler, UnlabeledFolder, collate, eval_transform, standard_resize
+from .datasets import download_dataset, open_dataset
 from .distiller import Distiller
 from .taps import TeacherTap
 
 # %% auto #0
-__all__ = ['WEIGHT_SUFFIXES', 'STUDENT_NORM', 'is_weights_file', 'load_state_dict', 'head_classes', 'build_teacher',
-           'teacher_classes', 'check_teacher_classes', 'build_student', 'read_class_map', 'run_preset',
-           'build_distiller', 'replace_head', 'vit_input_size', 'build_finetune', 'teacher_file', 'recorded_teacher',
-           'val_resizes', 'build_loaders', 'run_warnings', 'load_run']
+__all__ = ['WEIGHT_SUFFIXES', 'STUDENT_NORM', 'is_weights_file', 'read_weights', 'load_state_dict', 'head_classes',
+           'build_teacher', 'teacher_classes', 'check_teacher_classes', 'build_student', 'read_class_map',
+           'build_distiller', 'replace_head', 'vit_input_size', 'build_finetune', 'teacher_file', 'val_resizes',
+           'build_loaders', 'step_options', 'open_run_data', 'build_run_distiller', 'run_warnings']
 
 # %% ../nbs/10_build.ipynb #3a11f753
 WEIGHT_SUFFIXES = ('.pt', '.pth', '.safetensors')
@@ -36,6 +38,16 @@ def is_weights_file(name: str | None) -> bool:
     "Whether `name` (a `--teacher-weights` value) names a local weights file rather than a weights enum."
     return name is not None and Path(name).suffix in WEIGHT_SUFFIXES
 
+def read_weights(path: str | Path) -> dict:
+    "A weights file read by `read_checkpoint`, once: a run's start asks for its teacher's file several times."
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f"weights file {path} does not exist")
+    stat = path.stat()
+    return _read_once(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+@functools.lru_cache(maxsize=1)                                 # a rewritten file has another mtime: read anew
+def _read_once(path: str, mtime_ns: int, size: int) -> dict: return read_checkpoint(path)
+
 def load_state_dict(path: str | Path) -> dict:
     "A model's state dict from a `.safetensors` file or a torch file (`weights_only=True`), unwrapped and clean."
     path = Path(path)
@@ -43,7 +55,7 @@ def load_state_dict(path: str | Path) -> dict:
     if path.suffix == '.safetensors':
         from safetensors.torch import load_file
         return clean_state_dict(load_file(str(path)))
-    sd = read_checkpoint(path)                                # the safe reader, with its clear refusals
+    sd = read_weights(path)                                   # the safe reader, with its clear refusals
     if isinstance(sd.get('distiller'), dict):                 # a cakd-train checkpoint: its student
         sd = {k[len('student.'):]: v for k, v in sd['distiller'].items() if k.startswith('student.')}
     for k in ('model', 'state_dict', 'student'):
@@ -124,22 +136,18 @@ def read_class_map(cfg: TrainConfig):
     if not path.is_file(): raise FileNotFoundError(f"--class-map {path}: no such file")
     return json.loads(path.read_text())
 
-def run_preset(cfg: TrainConfig):
-    "The config's preset with its ramp stretched to the run's epochs (unless it was set for that length)."
-    ramp = cfg.preset.ramp
-    return cfg.preset if ramp is None else replace(cfg.preset, ramp=ramp.for_run(cfg.epochs))
-
 def build_distiller(cfg: TrainConfig, num_classes: int, student_norm: tuple = (IMAGENET_MEAN, IMAGENET_STD),
                     sync_bn: bool = False) -> Distiller:
-    "Teacher, student, projectors and discriminator of a run, on the CPU, in the order that fixes their weights."
+    "Teacher, student, projectors and discriminator of a run, on the CPU, each from its own seeded stream."
+    init = lambda name: seeded(cfg.seed, 'init', name)      # weights depend on the seed, not on what else is built
     if get_method(cfg.method).finetunes:                  # the pretrained teacher is what trains, at its own input
-        model, norm, size = build_finetune(cfg, num_classes)
-        return Distiller(None, model, run_preset(cfg), student_norm=norm, image_size=size)
-    teacher, teacher_norm = build_teacher(cfg)
-    student = build_student(cfg, num_classes)
+        with init('teacher'): model, norm, size = build_finetune(cfg, num_classes)
+        return Distiller(None, model, cfg.preset, student_norm=norm, image_size=size, seed=cfg.seed)
+    with init('teacher'): teacher, teacher_norm = build_teacher(cfg)
+    with init('student'): student = build_student(cfg, num_classes)
     if sync_bn: student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
-    return Distiller(teacher, student, run_preset(cfg), student_layer=cfg.student_layer, class_map=read_class_map(cfg),
-                     student_norm=student_norm, teacher_norm=teacher_norm)
+    return Distiller(teacher, student, cfg.preset, student_layer=cfg.student_layer, class_map=read_class_map(cfg),
+                     student_norm=student_norm, teacher_norm=teacher_norm, seed=cfg.seed)
 
 # %% ../nbs/10_build.ipynb #d818fb82
 def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
@@ -171,22 +179,6 @@ def teacher_file(model: nn.Module, cfg: TrainConfig, classes: list) -> dict:
     return {'model': dict(unwrap(model).state_dict()), 'teacher': cfg.teacher, 'teacher_options': opts,
             'classes': list(classes)}
 
-def recorded_teacher(cfg: TrainConfig) -> TrainConfig:
-    "`cfg` with the architecture that its `--teacher-weights` file records (a finetune run's teacher.pt or checkpoint)."
-    w = cfg.teacher_weights
-    if not is_weights_file(w) or Path(w).suffix == '.safetensors' or not Path(w).is_file(): return cfg
-    ck = read_checkpoint(w)
-    c = ck.get('config') if isinstance(ck.get('config'), dict) and ck['config'].get('method') == 'finetune' else ck
-    if 'teacher' not in c or not isinstance(c.get('teacher_options'), dict): return cfg
-    name, opts = c['teacher'], {k: v for k, v in c['teacher_options'].items() if k != 'num_classes'}
-    if cfg.teacher not in (name, TrainConfig.teacher):
-        raise ValueError(f"--teacher {cfg.teacher}, but --teacher-weights {w} holds a fine-tuned {name}: leave "
-                         "--teacher out (the file says which model it is)")
-    if cfg.teacher_options and cfg.teacher_options != opts:
-        raise ValueError(f"--teacher-options {json.dumps(cfg.teacher_options)}, but --teacher-weights {w} was "
-                         f"fine-tuned with {json.dumps(opts)}: leave --teacher-options out")
-    return replace(cfg, teacher=name, teacher_options=opts)
-
 # %% ../nbs/10_build.ipynb #b1490ee2
 STUDENT_NORM = (IMAGENET_MEAN, IMAGENET_STD)
 
@@ -201,14 +193,16 @@ def build_loaders(cfg: TrainConfig, env, image_size: int, norm: tuple = STUDENT_
     source = source or open_dataset(cfg)
     crop, vcrop = cfg.train_crop_size or image_size, cfg.val_crop_size or image_size
     tf = source.train_transform(cfg, crop, norm)
-    train_ds = source.dataset('train', tf)
-    if cfg.ra_sampler: sampler = RASampler(len(train_ds), env.world, env.rank, seed=cfg.seed, reps=cfg.ra_reps)
-    else: sampler = torch.utils.data.DistributedSampler(train_ds, env.world, env.rank, shuffle=True, seed=cfg.seed)
+    train_ds = SeededDataset(source.dataset('train', tf), cfg.seed, 'augment')   # per image drawn: `Keyed` samplers
+    order = derive_seed(cfg.seed, 'order') % 2**62
+    if cfg.ra_sampler: sampler = RASampler(len(train_ds), env.world, env.rank, seed=order, reps=cfg.ra_reps)
+    else: sampler = torch.utils.data.DistributedSampler(train_ds, env.world, env.rank, shuffle=True, seed=order)
     kw = dict(num_workers=cfg.workers, pin_memory=env.device.type != 'cpu', collate_fn=collate)
     if cfg.unlabeled:                                        # the transfer set: same augmentation, sharded, no repeats
-        transfer = UnlabeledFolder(cfg.unlabeled, tf, cfg.skip_bad_images)
+        transfer = SeededDataset(UnlabeledFolder(cfg.unlabeled, tf, cfg.skip_bad_images), cfg.seed, 'augment-transfer')
         sampler = (sampler, torch.utils.data.DistributedSampler(transfer, env.world, env.rank, shuffle=True,
-                                                                seed=cfg.seed + 1, drop_last=True))
+                                                                seed=derive_seed(cfg.seed, 'transfer') % 2**62,
+                                                                drop_last=True))
         train_ds = (train_ds, transfer)
     val = {}
     for r in val_resizes(cfg, vcrop):
@@ -216,6 +210,37 @@ def build_loaders(cfg: TrainConfig, env, image_size: int, norm: tuple = STUDENT_
         shard = ShardSampler(len(ds), env.world, env.rank)
         val[r] = torch.utils.data.DataLoader(ds, cfg.batch_size, sampler=shard, **kw)
     return train_ds, sampler, val, kw
+
+# %% ../nbs/10_build.ipynb #05ca6f21
+def step_options(cfg: TrainConfig, world: int, rank: int = 0) -> dict:
+    "The `Distiller.setup` options of `cfg` for `world` processes (the official EMA decay adjustment included)."
+    ema = None
+    if cfg.model_ema:                                          # decay per update, for the global batch and interval
+        ema = 1 - min(1.0, (1 - cfg.model_ema_decay) * world * cfg.batch_size * cfg.model_ema_steps / cfg.epochs)
+    return dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, opt=cfg.opt,
+                norm_weight_decay=cfg.norm_weight_decay, d_lr_factor=cfg.d_lr_factor, amp=cfg.amp,
+                clip_grad_norm=cfg.clip_grad_norm, ema_decay=ema, ema_every=cfg.model_ema_steps,
+                ema_restart_until=cfg.lr_warmup_epochs,            # the official recipe restarts it while warming up
+                seed=cfg.seed, rank=rank)                          # a step's random streams
+
+def open_run_data(cfg: TrainConfig, env: Env):
+    "The run's data source (downloaded first by the main process when `--download` asks), its classes checked."
+    if cfg.download and env.main: download_dataset(cfg)
+    if cfg.download and env.world > 1: dist.barrier()             # the others read what the main process fetched
+    source = open_dataset(cfg)
+    check_teacher_classes(cfg, len(source.classes))
+    return source
+
+def build_run_distiller(cfg: TrainConfig, num_classes: int, env: Env):
+    "The run's distiller, built in the seeded order, on its device, set up, distributed and compiled."
+    seed_everything(cfg.seed + env.rank)
+    d = build_distiller(cfg, num_classes, STUDENT_NORM, sync_bn=cfg.sync_bn and env.world > 1).to(env.device)
+    _read_once.cache_clear()                                      # the teacher's file is in the teacher now
+    if cfg.channels_last: d.to(memory_format=torch.channels_last)
+    d.setup(**step_options(cfg, env.world, env.rank))
+    if env.world > 1: d.distribute(device_ids=[env.device.index] if env.device.index is not None else None)
+    if cfg.compile or cfg.compile_teacher: d.compile(student=cfg.compile, teacher=cfg.compile_teacher)
+    return d
 
 # %% ../nbs/10_build.ipynb #18c70b59
 def run_warnings(cfg: TrainConfig, world: int) -> list:
@@ -235,24 +260,3 @@ def run_warnings(cfg: TrainConfig, world: int) -> list:
                    f"trains at most at {top * cfg.lr:.3g} (--lr {cfg.lr:g}); pass --lr-warmup-epochs 0 (or fewer "
                    "epochs than the run) to train at --lr")
     return out
-
-# %% ../nbs/10_build.ipynb #bddae12d
-def _config_of(run: Path, changes: dict) -> TrainConfig:
-    path = run / 'config.json'
-    if not path.is_file(): raise FileNotFoundError(f"{path} does not exist: is {run} a cakd-train run folder?")
-    return TrainConfig.from_dict({**json.loads(path.read_text()), **changes})
-
-def load_run(run: str | Path, checkpoint: str | Path | None = 'checkpoint.pt', **changes) -> Distiller:
-    """The distiller of a `cakd-train` run, in eval mode on the CPU: with `checkpoint` (a file in the run folder or a
-    path) its trained weights; with `checkpoint=None` the run's own initial weights (same seed and build order as
-    rank 0), i.e. the student before distillation. `changes` override config fields (e.g. a moved `teacher_weights`)."""
-    run = Path(run)
-    cfg = recorded_teacher(_config_of(run, changes))
-    path = None if checkpoint is None else Path(checkpoint) if Path(checkpoint).is_file() else run / checkpoint
-    meta = path or run / 'checkpoint.pt'             # the class count comes from a checkpoint when there is one
-    ck = read_checkpoint(meta) if meta.is_file() else None
-    num_classes = ck['num_classes'] if ck is not None else len(open_dataset(cfg).classes)
-    seed_everything(cfg.seed)
-    d = build_distiller(cfg, num_classes)
-    if path is not None: restore(read_checkpoint(path), d)
-    return d.eval()

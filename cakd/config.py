@@ -8,28 +8,29 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 import textwrap
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .presets import PRESETS, Preset, Ramp, check_choice, check_known, get_preset
+from .presets import ALIASES, PRESETS, Preset, Ramp, check_choice, check_known, get_preset
 
 # %% auto #0
-__all__ = ['METHODS', 'ALIASES', 'DATASETS', 'DATASET_RECIPES', 'CHOICES', 'GROUPS', 'EXAMPLES', 'Method', 'get_method',
-           'recipe', 'MethodOptions', 'ModelOptions', 'DataOptions', 'AugmentOptions', 'OptimOptions', 'SpeedOptions',
-           'RunOptions', 'check_schedule', 'check_config', 'TrainConfig', 'converter', 'add_preset_flags',
-           'preset_changes', 'method_table', 'build_parser', 'read_yaml', 'parse_config', 'cli', 'to_argv']
+__all__ = ['METHODS', 'DATASETS', 'DATASET_RECIPES', 'CHOICES', 'GROUPS', 'EXAMPLES', 'Method', 'get_method',
+           'preset_for_run', 'recipe', 'MethodOptions', 'ModelOptions', 'DataOptions', 'AugmentOptions', 'OptimOptions',
+           'SpeedOptions', 'RunOptions', 'check_schedule', 'check_config', 'TrainConfig', 'converter',
+           'add_preset_flags', 'preset_changes', 'method_table', 'build_parser', 'read_yaml', 'parse_config', 'to_argv']
 
 # %% ../nbs/08_config.ipynb #04a7f313
 @dataclass(frozen=True)
 class Method:
-    "A named training method: its recipe (config fields) and its loss preset."
+    "A named training method: its recipe (config fields) and, under the same name, its loss preset."
     name: str
-    preset: Preset
     recipe: dict
     summary: str
     finetunes: bool = False   # trains the teacher's architecture on the labels; dataset recipes leave it alone
+
+    @property
+    def preset(self) -> Preset: return PRESETS[self.name]
 
 _PLAIN = dict(norm_weight_decay=None, lr_warmup_epochs=0, lr_warmup_method='linear', lr_warmup_decay=0.01,
               auto_augment=None, random_erase=0.0, mixup_alpha=0.0)
@@ -38,20 +39,20 @@ _CAKD = dict(epochs=120, weight_decay=2e-5, norm_weight_decay=0.0, lr_warmup_epo
              ra_sampler=True, ra_reps=4)
 _LOGITS = dict(_PLAIN, epochs=120, weight_decay=1e-4, model_ema=True, ra_sampler=True, ra_reps=4)
 METHODS = {m.name: m for m in [
-    Method('baseline', PRESETS['baseline'], dict(_PLAIN, epochs=90, weight_decay=1e-4, model_ema=False,
+    Method('baseline', dict(_PLAIN, epochs=90, weight_decay=1e-4, model_ema=False,
            ra_sampler=False, ra_reps=3), 'cross-entropy only: the official baseline recipe'),
-    Method('logits', PRESETS['logits'], _LOGITS, 'CE + MSE to the teacher logits: the official logits recipe'),
-    Method('cakd_official', PRESETS['official'], _CAKD, "CAKD as the official code computes it, with its recipe"),
-    Method('cakd_paper', PRESETS['paper'], _CAKD, "CAKD as the paper describes it, with the official CAKD recipe"),
-    Method('kd', PRESETS['kd'], _LOGITS, 'CE + KL at T=4 (Hinton et al.), on the logits recipe'),
-    Method('dkd', PRESETS['dkd'], _LOGITS, 'CE + Decoupled KD (Zhao et al. 2022), on the logits recipe'),
-    Method('finetune', PRESETS['baseline'], dict(_PLAIN, epochs=10, batch_size=64, lr=0.003, weight_decay=0.0,
+    Method('logits', _LOGITS, 'CE + MSE to the teacher logits: the official logits recipe'),
+    Method('cakd_official', _CAKD, "CAKD as the official code computes it, with its recipe"),
+    Method('cakd_paper', _CAKD, "CAKD as the paper describes it, with the official CAKD recipe"),
+    Method('kd', _LOGITS, 'CE + KL at T=4 (Hinton et al.), on the logits recipe'),
+    Method('dkd', _LOGITS, 'CE + Decoupled KD (Zhao et al. 2022), on the logits recipe'),
+    Method('finetune', dict(_PLAIN, epochs=10, batch_size=64, lr=0.003, weight_decay=0.0,
            lr_scheduler='cosineannealinglr', lr_warmup_epochs=1, clip_grad_norm=1.0, model_ema=False,
            ra_sampler=False, ra_reps=3, val_resize='official'),
            'fine-tune the pretrained --teacher on this dataset (ViT paper, App. B.1.1); writes teacher.pt',
            finetunes=True),
 ]}
-ALIASES = {'cakd': 'cakd_official'}
+assert list(METHODS) == list(PRESETS), 'one name per method: a preset for each method, in the same order'
 
 _CIFAR = dict(epochs=200, batch_size=64, lr=0.1, momentum=0.9, weight_decay=1e-4, norm_weight_decay=None,
               lr_scheduler='multisteplr', lr_milestones=[100, 150], lr_gamma=0.1, lr_warmup_epochs=0,
@@ -63,6 +64,13 @@ DATASET_RECIPES = {'cifar10': _CIFAR, 'cifar100': _CIFAR}
 def get_method(name: str) -> Method:
     "The registered method `name` (or its alias)."
     return METHODS[check_choice(ALIASES.get(name, name), METHODS, 'method')]
+
+def preset_for_run(preset: Preset, epochs: int, changes: dict | None = None) -> Preset:
+    "`preset` with its ramp stretched to a run of `epochs` epochs, then `changes` (ramp values: this run's epochs)."
+    stretch = lambda p: p if p.ramp is None else dataclasses.replace(p, ramp=p.ramp.for_run(epochs))
+    changes = dict(changes or {})
+    if isinstance(changes.get('ramp'), dict): changes['ramp'] = {'epochs': epochs, **changes['ramp']}
+    return stretch(get_preset(stretch(preset), **changes))
 
 def recipe(method: str, dataset: str = 'imagefolder') -> dict:
     "The config fields `method` sets on `dataset`: its own recipe, then the dataset's (for students)."
@@ -183,7 +191,9 @@ class RunOptions:
     save_every: int = _opt(1, 'write the checkpoint every N epochs and after the last one (a signal always does)')
     max_steps_per_epoch: int | None = _opt(None, 'cut epochs short (smoke runs)')
     resume: str = _opt('auto', 'auto (from the run folder if a checkpoint is there), never, or a checkpoint path')
-    tensorboard: bool = _opt(True, 'also log to TensorBoard when it is installed')
+    tensorboard: bool = _opt(False, 'also write every logged scalar to TensorBoard event files in OUTPUT/tensorboard')
+    diagnostics: int = _opt(256, 'at each evaluation: R² of each projector on this many validation images, gradient '
+                            'shares of each term on a fixed training batch, D accuracy (0: off)')
     crash_at_step: int | None = _opt(None, argparse.SUPPRESS)   # fault injection for tests: SIGKILL at this step
 
 # %% ../nbs/08_config.ipynb #4c3dfc4b
@@ -238,9 +248,11 @@ class TrainConfig(RunOptions, SpeedOptions, OptimOptions, AugmentOptions, DataOp
     "Every option of a training run; the defaults are the `cakd_official` method (METHOD.md §3.7)."
     def __post_init__(self):
         self.method = get_method(self.method).name
-        if isinstance(self.preset, dict): self.preset = get_preset(get_method(self.method).preset, **self.preset)
+        if isinstance(self.preset, dict): self.preset = preset_for_run(get_method(self.method).preset, self.epochs,
+                                                                       self.preset)
         if not isinstance(self.preset, Preset):
             raise TypeError(f"preset must be a Preset or a dict, got {self.preset!r}")
+        self.preset = preset_for_run(self.preset, self.epochs)      # the one place a ramp meets its run
         check_config(self)
 
     @classmethod
@@ -319,11 +331,11 @@ def preset_changes(ns: argparse.Namespace) -> dict:
 # %% ../nbs/08_config.ipynb #9b9b4323
 EXAMPLES = """examples:
   # ImageNet, the official CAKD recipe, 8 GPUs on one node
-  torchrun --nproc_per_node=8 -m cakd.train --data /data/imagenet --output runs/cakd_official
+  torchrun --nproc_per_node=8 -m cakd.cli --data /data/imagenet --output runs/cakd_official
 
   # the same on 2 nodes of 8 GPUs (run on each node with its --node_rank)
   torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=10.0.0.1 --master_port=29500 \\
-      -m cakd.train --data /data/imagenet --output runs/cakd_2nodes
+      -m cakd.cli --data /data/imagenet --output runs/cakd_2nodes
 
   # CIFAR-100 on one GPU: fine-tune the teacher, then distil with its paper recipe
   cakd-train --method finetune --dataset cifar100 --data data/cifar --download --output runs/vit_cifar100
@@ -407,17 +419,8 @@ def parse_config(argv: list | None = None) -> TrainConfig:
     base = TrainConfig.for_method(method, **{k: v for k, v in from_file.items() if k != 'method'})
     ns = build_parser(base).parse_args(argv)
     plain = {f.name: getattr(ns, f.name) for f in fields(TrainConfig) if f.name != 'preset'}
-    changes = preset_changes(ns)
-    if isinstance(changes.get('ramp'), dict): changes['ramp'].setdefault('epochs', plain['epochs'])  # this run's epochs
-    return TrainConfig(**{**plain, 'preset': get_preset(base.preset, **changes)})
-
-# %% ../nbs/08_config.ipynb #1e2e5f21
-def cli(argv: list | None = None) -> int:
-    "The `cakd-train` command: `--help` from here, without torch; a run through `cakd.train.main`."
-    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    if {'-h', '--help'} & set(argv): parse_config(argv)         # prints the help and exits
-    from cakd.train import main                                  # torch, torchvision and timm load here
-    return main(argv)
+    preset = preset_for_run(base.preset, plain['epochs'], preset_changes(ns))   # flags' ramp values: this run's epochs
+    return TrainConfig(**{**plain, 'preset': preset})
 
 # %% ../nbs/08_config.ipynb #52458d0c
 def to_argv(cfg: TrainConfig) -> list:
@@ -430,6 +433,6 @@ def to_argv(cfg: TrainConfig) -> list:
         if f.type == 'bool': argv.append(flag if v else '--no-' + flag[2:])
         elif isinstance(v, list): argv += [flag, ','.join(map(str, v))]
         else: argv += [flag, json.dumps(v) if isinstance(v, dict) else 'none' if v is None else str(v)]
-    new, old = asdict(cfg.preset), asdict(base.preset)
+    new, old = asdict(cfg.preset), asdict(preset_for_run(base.preset, cfg.epochs))
     changes = {k: v for k, v in new.items() if v != old[k]}
     return argv + (['--preset-options', json.dumps(changes)] if changes else [])

@@ -5,9 +5,11 @@
 # %% ../nbs/00_core.ipynb #b7255638
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -19,8 +21,9 @@ from .presets import check_choice
 
 # %% auto #0
 __all__ = ['WRAPPER_PREFIXES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'default_device', 'DeviceError', 'resolve_device',
-           'process_group_backend', 'seed_everything', 'freeze', 'unwrap', 'last_linear', 'evaluating',
-           'strip_prefixes', 'clean_state_dict', 'get_module', 'fp32', 'to_tokens', 'to_map', 'align_grid']
+           'process_group_backend', 'Env', 'setup_env', 'seed_everything', 'derive_seed', 'seeded', 'average_gradients',
+           'ema_of', 'freeze', 'unwrap', 'last_linear', 'evaluating', 'strip_prefixes', 'clean_state_dict',
+           'get_module', 'fp32', 'to_tokens', 'to_map', 'align_grid']
 
 # %% ../nbs/00_core.ipynb #d1de070c
 def default_device() -> torch.device:
@@ -53,6 +56,29 @@ def process_group_backend(device: torch.device) -> str:
     "NCCL for CUDA devices, gloo otherwise."
     return 'nccl' if device.type == 'cuda' else 'gloo'
 
+# %% ../nbs/00_core.ipynb #8977c2af
+@dataclass
+class Env:
+    "Where this process runs: its rank among `world` processes, its local rank on the node, its device."
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device('cpu'))
+
+    @property
+    def main(self) -> bool: return self.rank == 0
+
+def setup_env(device: str | None = None) -> Env:
+    "Read torchrun's environment, pick the device (`device` or the default), join the process group."
+    rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
+    local_rank = int(os.environ.get('LOCAL_RANK', 0))
+    dev = resolve_device(device, local_rank, int(os.environ.get('LOCAL_WORLD_SIZE', 1)))
+    backend = getattr(torch, dev.type, None)                     # torch.cuda, torch.xpu, ...
+    if dev.index is not None and hasattr(backend, 'set_device'): backend.set_device(dev)
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(process_group_backend(dev))
+    return Env(rank, world, local_rank, dev)
+
 # %% ../nbs/00_core.ipynb #f68d86ce
 def seed_everything(seed: int) -> torch.Generator:
     "Seed Python, NumPy and torch; return a CPU `torch.Generator` seeded with `seed` for local draws."
@@ -60,6 +86,40 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+# %% ../nbs/00_core.ipynb #3a9e0290
+def derive_seed(*keys) -> int:
+    "A 63-bit seed from `keys` (a run's seed, a purpose, an epoch, ...): the same in every process and session."
+    digest = hashlib.blake2b(repr(keys).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, 'little') >> 1
+
+@contextmanager
+def seeded(*keys, device: torch.device | None = None):
+    "Run a block with torch's and Python's global generators seeded by `derive_seed(*keys)`, then restore them."
+    cuda = [device.index or 0] if device is not None and device.type == 'cuda' else []
+    python = random.getstate()
+    with torch.random.fork_rng(devices=cuda):
+        seed = derive_seed(*keys)
+        torch.manual_seed(seed)
+        random.seed(seed)
+        try: yield
+        finally: random.setstate(python)
+
+# %% ../nbs/00_core.ipynb #349088a9
+def average_gradients(module: nn.Module):
+    "Average `module`'s gradients over all ranks (a no-op outside a multi-process group)."
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()): return
+    world = torch.distributed.get_world_size()
+    if world == 1: return
+    for prm in module.parameters():
+        if prm.grad is not None:
+            torch.distributed.all_reduce(prm.grad)
+            prm.grad /= world
+
+def ema_of(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    "An exponential moving average of `model`'s parameters and buffers, `decay` per update."
+    average = torch.optim.swa_utils.get_ema_multi_avg_fn(decay)
+    return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=average, use_buffers=True)
 
 # %% ../nbs/00_core.ipynb #b9dec5df
 WRAPPER_PREFIXES = ('module.', '_orig_mod.')

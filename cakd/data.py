@@ -16,12 +16,12 @@ from torchvision import transforms as T
 from torchvision.transforms import v2
 from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader
 
-from .core import IMAGENET_MEAN, IMAGENET_STD
+from .core import IMAGENET_MEAN, IMAGENET_STD, seeded
 
 # %% auto #0
 __all__ = ['write_digits', 'check_image_folder', 'BadImageError', 'ImageFolder', 'load_sample', 'collate',
            'UnlabeledFolder', 'train_transform', 'standard_resize', 'eval_transform', 'batch_mix', 'RASampler',
-           'ShardSampler', 'Cycle', 'Skip']
+           'ShardSampler', 'Cycle', 'Skip', 'Keyed', 'SeededDataset']
 
 # %% ../nbs/07_data.ipynb #68817095
 def write_digits(root: str | Path, size: int = 32, val_fraction: float = 0.2, seed: int = 0,
@@ -202,3 +202,27 @@ class Skip(Sampler):
         for _ in range(self.n): next(it, None)
         return it
     def __len__(self): return max(0, len(self.sampler) - self.n)
+
+# %% ../nbs/07_data.ipynb #442dfc9d
+class Keyed(Sampler):
+    "The indices of `sampler`, each paired with its key `(epoch, rank, position in the epoch)`."
+    def __init__(self, sampler: Sampler, rank: int = 0): self.sampler, self.rank, self.epoch = sampler, rank, 0
+    def __len__(self) -> int: return len(self.sampler)
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+        if hasattr(self.sampler, 'set_epoch'): self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        for k, i in enumerate(self.sampler): yield i, (self.epoch, self.rank, k)
+
+class SeededDataset(torch.utils.data.Dataset):
+    "`dataset[i]` for a keyed index `(i, key)`, drawn on generators seeded by `(seed, purpose, *key)`."
+    def __init__(self, dataset, seed: int, purpose: str = 'augment'):
+        self.dataset, self.seed, self.purpose = dataset, seed, purpose
+
+    def __len__(self) -> int: return len(self.dataset)
+
+    def __getitem__(self, item):
+        i, key = item
+        with seeded(self.seed, self.purpose, *key): return self.dataset[i]

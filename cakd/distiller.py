@@ -12,34 +12,36 @@ import torch
 from fastcore.basics import patch
 from torch import nn
 
-from .core import align_grid, evaluating, fp32, to_tokens, unwrap
+from .core import align_grid, average_gradients, ema_of, evaluating, fp32, seeded, to_tokens, unwrap
 from .gl import GLProjector
 from .losses import ce_loss, dkd_loss, feature_loss, kd_loss, total_loss
-from .presets import LOSS_TERMS, Preset, get_preset
+from .presets import LOSS_TERMS, Preset, check_choice, get_preset
 from .mrt import MapDiscriminator, MultiViewGenerator, TokenDiscriminator, discriminator_loss, generator_loss
 from .pca import PCAProjector, attention_target, pca_loss
 from .taps import FrozenTeacher, StudentTap, zeros_like_input
 
 # %% auto #0
-__all__ = ['NORM_LAYERS', 'CAKDHead', 'frozen_bn_stats', 'StudentHead', 'check_class_map', 'check_grid', 'build_head',
-           'build_adversary', 'Distiller', 'param_groups', 'average_gradients', 'check_finite', 'step_discriminator',
-           'train_step', 'export_student']
+__all__ = ['NORM_LAYERS', 'AMP', 'CAKDHead', 'frozen_bn_stats', 'StudentHead', 'check_class_map', 'check_grid',
+           'build_head', 'build_adversary', 'Distiller', 'param_groups', 'check_finite', 'export_student']
 
 # %% ../nbs/06_distiller.ipynb #9d50c45e
 class CAKDHead(nn.Module):
     "The projectors that map the student's features into the teacher's spaces."
     def __init__(self, channels: int, pooled: int,  # student map channels, pooled-vector width
                  heads: int, head_dim: int, dim: int, grid: tuple,  # teacher layout
-                 preset: Preset):
+                 preset: Preset,
+                 seed: int | None = None):  # each projector's initial weights from its own stream (None: global)
         super().__init__()
         p, need_map = preset, preset.uses('adv') and preset.disc == 'map'
+        init = lambda name: nullcontext() if seed is None else seeded(seed, 'init', name)
         self.pca = self.gl = self.cls = None
         if p.uses('attn') or p.uses('vv') or need_map:
             student_heads = heads if p.pca_mode == 'paper' else (p.pca_heads or max(1, channels // head_dim))
-            self.pca = PCAProjector(channels, student_heads, head_dim, p.pca_mode)
+            with init('pca'): self.pca = PCAProjector(channels, student_heads, head_dim, p.pca_mode)
         if p.uses('feat') or (p.uses('adv') and p.disc == 'token'):
-            self.gl = GLProjector(channels, dim, grid, p.gl_k, p.gl_dropout)
-        if p.uses('cls'): self.cls = nn.Linear(pooled, dim)
+            with init('gl'): self.gl = GLProjector(channels, dim, grid, p.gl_k, p.gl_dropout)
+        if p.uses('cls'):
+            with init('cls'): self.cls = nn.Linear(pooled, dim)
 
     def forward(self, feat: torch.Tensor, pooled: torch.Tensor | None = None) -> dict:
         "Projections of an aligned student map `(B, C, h, w)` and pooled vector `(B, P)`: `qkv`, `gl`, `cls`."
@@ -81,8 +83,8 @@ class StudentHead(nn.Module):
         if not project: return s, None, None
         proj = self.head(self.align(s.feat), s.pooled)
         if view is None: return s, proj, None
-        with frozen_bn_stats(self.student): v = self.tap(view)
-        return s, proj, self.head(self.align(v.feat))
+        with frozen_bn_stats(self.student): view_map = self.tap.map(view)    # stops at the tapped stage
+        return s, proj, self.head(self.align(view_map))
 
 # %% ../nbs/06_distiller.ipynb #8a9c53a9
 def check_class_map(class_map, student_classes: int, teacher_classes: int, preset: Preset) -> torch.Tensor | None:
@@ -113,42 +115,50 @@ def check_grid(feat: torch.Tensor, grid: tuple, layer: str, preset: Preset, dim:
                          f"(B, {grid[0] * grid[1]}, {dim}); use resample='bilinear' or another student layer")
 
 # %% ../nbs/06_distiller.ipynb #a2fd9c6f
-def build_head(tap: StudentTap, teacher: FrozenTeacher, preset: Preset, size: tuple) -> CAKDHead:
+def build_head(tap: StudentTap, teacher: FrozenTeacher, preset: Preset, size: tuple,
+               seed: int | None = None) -> CAKDHead:
     "Projectors sized from one zero batch through the student (eval mode, no grad) and the teacher's layout."
     with evaluating(tap.model) as m: s = tap(zeros_like_input(m, size))
     check_grid(s.feat, teacher.grid, tap.layer, preset, teacher.tap.dim)
     t = teacher.tap
-    return CAKDHead(s.feat.shape[1], s.pooled.shape[1], t.heads, t.head_dim, t.dim, teacher.grid, preset)
+    return CAKDHead(s.feat.shape[1], s.pooled.shape[1], t.heads, t.head_dim, t.dim, teacher.grid, preset, seed)
 
-def build_adversary(teacher: FrozenTeacher, preset: Preset, student_norm: tuple | None) -> tuple:
+def build_adversary(teacher: FrozenTeacher, preset: Preset, student_norm: tuple | None,
+                    seed: int | None = None) -> tuple:
     "The discriminator and the multi-view generator of `preset` (None for each that it does not use)."
     p = preset
     if not p.uses('adv'): return None, None
-    disc = MapDiscriminator() if p.disc == 'map' else TokenDiscriminator(teacher.tap.dim, p.disc_hidden)
+    with nullcontext() if seed is None else seeded(seed, 'init', 'disc'):
+        disc = MapDiscriminator() if p.disc == 'map' else TokenDiscriminator(teacher.tap.dim, p.disc_hidden)
     norm = student_norm or ((0.0,) * 3, (1.0,) * 3)
     mvg = MultiViewGenerator(teacher.tap.patch_size, *norm, p=p.mvg_p, geometric=p.mvg_geometric) if p.mvg else None
     return disc, mvg
 
 # %% ../nbs/06_distiller.ipynb #c5e5cc49
 class Distiller(nn.Module):
-    "A frozen ViT teacher, a stock CNN student and the CAKD projectors, returning a dict of named losses."
+    "A frozen ViT teacher, a stock CNN student and the CAKD projectors: named losses, and the step that trains them."
     def __init__(self, teacher: nn.Module | None, student: nn.Module,
-                 preset: str | Preset = 'official',
+                 preset: str | Preset = 'cakd_official',
                  student_layer: str | None = None,       # dotted name; None: the stage at the teacher's patch stride
                  class_map: Sequence[int] | str | None = None,  # teacher class per student class, or 'ignore'
                  student_norm: tuple | None = None,      # (mean, std) of student inputs, if the teacher's differs
                  teacher_norm: tuple | None = None,      # (mean, std) the teacher expects
                  resize_teacher_input: bool = False,     # resize inputs to the teacher's size instead of raising
                  image_size: tuple | None = None,        # probe size; default: the teacher's (no teacher: the input's)
+                 seed: int | None = None,                # projector and D weights by purpose (None: global stream)
                  **overrides):                           # preset fields to change, e.g. swap_p=0.25
         super().__init__()
         self.preset = p = get_preset(preset, **overrides)
         self.distils = any(p.uses(t) for t in LOSS_TERMS[1:])   # False for the baseline: the teacher never runs
         self.student_norm, self.input_size = student_norm, tuple(image_size) if image_size else None
+        self.opt = self.d_opt = self.scaler = self.ema = None  # what `setup` builds and `step` changes
+        self.amp, self.clip_grad_norm, self.steps, self.ema_every, self.ema_restart_until = 'none', None, 0, 1, 0.0
+        self.seed, self.rank = None, 0                      # `setup(seed=...)`: the step's random streams
+        self.teacher = self.disc = self.mvg = None
         if teacher is None:                             # plain supervised training: nothing to tap or project
             if self.distils:
                 raise ValueError(f"preset {p.name!r} distils a teacher: pass one (teacher=None is for 'baseline')")
-            self.teacher, self.disc, self.mvg, self.class_map = None, None, None, None
+            self.class_map = None
             self.model = StudentHead(student, CAKDHead(0, 0, 0, 1, 0, (0, 0), p), StudentTap(student))
             return
         t = teacher if isinstance(teacher, FrozenTeacher) else FrozenTeacher(
@@ -157,49 +167,43 @@ class Distiller(nn.Module):
         tap = StudentTap(student, student_layer, stride=t.tap.patch_size[0], image_size=size)
         class_map = check_class_map(class_map, tap.num_classes, t.num_classes, p)
         self.register_buffer('class_map', class_map, persistent=False)
-        self.model = StudentHead(student, build_head(tap, t, p, size), tap, t.grid, p.resample)
-        self.disc, self.mvg = build_adversary(t, p, student_norm)
+        self.model = StudentHead(student, build_head(tap, t, p, size, seed), tap, t.grid, p.resample)
+        self.disc, self.mvg = build_adversary(t, p, student_norm, seed)
 
-# %% ../nbs/06_distiller.ipynb #adcc458c
-@patch(as_prop=True)
-def student(self: Distiller) -> nn.Module: return unwrap(self.model).student
+    student = property(lambda self: unwrap(self.model).student, doc="The stock student model, unwrapped.")
+    head = property(lambda self: unwrap(self.model).head, doc="The projector head (`CAKDHead`).")
+    tap = property(lambda self: unwrap(self.model).tap, doc="The student's tap (`StudentTap`).")
+    layer = property(lambda self: self.tap.layer, doc="The tapped student stage (None without a teacher).")
+    grid = property(lambda self: None if self.teacher is None else self.teacher.grid, doc="The teacher's grid.")
 
-@patch(as_prop=True)
-def head(self: Distiller) -> CAKDHead: return unwrap(self.model).head
+    @property
+    def image_size(self) -> tuple | None:
+        "The input size: the teacher's, or without a teacher the `image_size` given (None if none was)."
+        return self.input_size if self.teacher is None else self.teacher.image_size
 
-@patch(as_prop=True)
-def tap(self: Distiller) -> StudentTap: return unwrap(self.model).tap
+    def stream(self, purpose: str):
+        "The random stream of `purpose` at this step (`cakd.core.seeded`); the global one without `setup(seed=...)`."
+        if self.seed is None: return nullcontext()
+        return seeded(self.seed, purpose, self.rank, self.steps, device=next(self.model.parameters()).device)
 
-@patch(as_prop=True)
-def layer(self: Distiller) -> str | None: return self.tap.layer
-
-@patch(as_prop=True)
-def image_size(self: Distiller) -> tuple | None:
-    "The input size: the teacher's, or without a teacher the `image_size` given (None if none was)."
-    return self.input_size if self.teacher is None else self.teacher.image_size
-
-@patch(as_prop=True)
-def grid(self: Distiller) -> tuple | None: return None if self.teacher is None else self.teacher.grid
-
-@patch
-def _apply(self: Distiller, fn, recurse=True):
-    nn.Module._apply(self, fn, recurse)
-    if self.teacher is not None: self.teacher.apply_(fn)   # the unregistered teacher follows .to(), .double()
-    return self
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        if self.teacher is not None: self.teacher.apply_(fn)   # the unregistered teacher follows .to(), .double()
+        return self
 
 # %% ../nbs/06_distiller.ipynb #2957f28a
 @patch
 def compute(self: Distiller, x: torch.Tensor, y: torch.Tensor | None = None, rho: float = 1.0,
-            autocast=None) -> tuple:
+            autocast=None, model: nn.Module | None = None) -> tuple:   # `model`: e.g. the unwrapped StudentHead
     "Loss terms of batch `x` (labels `y` of its first `len(y)` images) at ramp weight `rho`; D's `(real, fake)`."
     with autocast or nullcontext():
         if rho == 0 or not self.distils:          # nothing to distil yet: plain supervised training
-            s, _, _ = self.model(x, project=False)
+            with self.stream('forward'): s, _, _ = (model or self.model)(x, project=False)
             t = proj = vproj = None
         else:
             t = self.teacher(x)
-            view = self.mvg(x) if self.mvg is not None and self.training else None
-            s, proj, vproj = self.model(x, view)
+            with self.stream('views'): view = self.mvg(x) if self.mvg is not None and self.training else None
+            with self.stream('forward'): s, proj, vproj = (model or self.model)(x, view)   # dropout, if any
     with torch.autocast(x.device.type, enabled=False):
         terms = {} if y is None else {'ce': ce_loss(fp32(s.logits[:len(y)]), y, self.preset.label_smoothing)}
         if t is None: return terms, None
@@ -219,7 +223,9 @@ def distil_terms(self: Distiller, s, proj: dict, t, y: torch.Tensor | None = Non
         elif y is None: raise ValueError("the dkd logits term needs the labels of the batch")
         else: terms['kd'] = dkd_loss(fp32(s.logits[:len(y)]), tl[:len(y)], y, p.dkd_alpha, p.dkd_beta, p.kd_T)
     if p.uses('attn') or p.uses('vv'):
-        l = pca_loss(proj['qkv'], t.patch_qkv, p.attn_target, p.swap_p if self.training else 0.0, p.vv_teacher_scaled)
+        with self.stream('swap'):
+            l = pca_loss(proj['qkv'], t.patch_qkv, p.attn_target, p.swap_p if self.training else 0.0,
+                         p.vv_teacher_scaled)
         terms.update({k: v for k, v in l.items() if p.uses(k)})
     if p.uses('feat'): terms['feat'] = feature_loss(proj['gl'], t.patches)
     if p.uses('cls'): terms['cls'] = feature_loss(proj['cls'], t.cls)
@@ -252,22 +258,6 @@ def forward(self: Distiller, x: torch.Tensor, y: torch.Tensor | None = None, epo
     if adv is not None: terms['adv'] = self.fool_loss(adv)
     terms['loss'] = total_loss(terms, self.preset, rho)
     return terms
-
-# %% ../nbs/06_distiller.ipynb #4c5aaffb
-@patch
-def distribute(self: Distiller, **ddp_kwargs) -> Distiller:
-    "Wrap the student and its projectors in `DistributedDataParallel` (never the teacher); same initial D everywhere."
-    self.model = nn.parallel.DistributedDataParallel(self.model, find_unused_parameters=self.distils, **ddp_kwargs)
-    if self.disc is not None:
-        for t in [*self.disc.parameters(), *self.disc.buffers()]: torch.distributed.broadcast(t.data, 0)
-    return self
-
-@patch
-def compile(self: Distiller, student: bool = True, teacher: bool = False, **kwargs) -> Distiller:
-    "`torch.compile` the student and/or the teacher in place (`kwargs` go to `torch.compile`)."
-    if student: self.student.compile(**kwargs)
-    if teacher and self.teacher is not None: self.teacher.compile(**kwargs)
-    return self
 
 # %% ../nbs/06_distiller.ipynb #70ba836d
 NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
@@ -323,58 +313,128 @@ def teacher_logits(self: Distiller, x: torch.Tensor) -> torch.Tensor:
     return logits if self.class_map is None else logits[:, self.class_map]
 
 # %% ../nbs/06_distiller.ipynb #63815ea8
-def average_gradients(module: nn.Module):
-    "Average `module`'s gradients over all ranks (a no-op outside a multi-process group)."
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()): return
-    world = torch.distributed.get_world_size()
-    if world == 1: return
-    for prm in module.parameters():
-        if prm.grad is not None:
-            torch.distributed.all_reduce(prm.grad)
-            prm.grad /= world
-
 def check_finite(values: dict):
     "Raise a `FloatingPointError` naming every non-finite value."
-    bad = {k: v.item() for k, v in values.items() if not torch.isfinite(v).all()}
+    bad = {k: v.item() for k, v in values.items() if not torch.isfinite(torch.as_tensor(v)).all()}
     if bad: raise FloatingPointError(f"non-finite loss term(s): {bad}")
 
-def step_discriminator(distiller: Distiller, adv: tuple, d_opt: torch.optim.Optimizer) -> float:
-    "One step of the discriminator on the detached pair `adv`; returns its loss."
-    d_loss = distiller.disc_loss(adv)
-    check_finite({'d_loss': d_loss})
-    d_opt.zero_grad(set_to_none=True); d_loss.backward()
-    average_gradients(distiller.disc)
-    d_opt.step()
-    return d_loss.item()
-
 # %% ../nbs/06_distiller.ipynb #f156362c
-def train_step(distiller: Distiller, x: torch.Tensor, y: torch.Tensor | None, epoch: float,
-               opt: torch.optim.Optimizer, d_opt: torch.optim.Optimizer | None = None,
-               scaler: torch.amp.GradScaler | None = None,  # fp16 loss scaling
-               clip_grad_norm: float | None = None,          # clip the student's gradient norm
-               autocast=None,                                # e.g. torch.autocast(device.type, torch.bfloat16)
-               unlabeled: torch.Tensor | None = None) -> dict:  # transfer-set images: distillation terms only
-    "One optimisation step of the discriminator (if any) and then of the student and projectors."
-    rho = distiller.preset.weight(epoch)
-    if unlabeled is not None and rho > 0 and distiller.distils: x = torch.cat([x, unlabeled])   # (B + U, 3, H, W)
-    terms, adv = distiller.compute(x, y, rho, autocast)
+AMP = ('none', 'bf16', 'fp16')
+
+@patch
+def setup(self: Distiller, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
+          norm_weight_decay: float | None = None, opt: str = 'sgd',
+          d_lr_factor: float = 0.01,             # the discriminator's learning rate as a fraction of `lr`
+          amp: str = 'none',                     # autocast of the forward passes: none, bf16, fp16 (with a scaler)
+          clip_grad_norm: float | None = None,   # clip the gradient norm of the student and projectors
+          ema_decay: float | None = None,        # keep an EMA of the student with this decay per update
+          ema_every: int = 1,                    # steps between EMA updates
+          ema_restart_until: float = 0.0,        # restart the EMA at each update before this epoch
+          seed: int | None = None,               # draw views, swap masks and dropout of each step from streams
+          rank: int = 0) -> Distiller:           #   seeded by (seed, purpose, rank, step); None: the global one
+    "Build what `step` changes: optimisers, gradient scaler, clipping and the student's EMA (after `.to(device)`)."
+    self.opt, self.d_opt = self.optimisers(lr, momentum, weight_decay, norm_weight_decay, d_lr_factor, opt)
+    self.amp, self.clip_grad_norm = check_choice(amp, AMP, 'amp'), clip_grad_norm
+    device = next(self.model.parameters()).device
+    self.scaler = torch.amp.GradScaler(device.type) if amp == 'fp16' else None
+    self.ema = None if ema_decay is None else ema_of(self.student_copy(), ema_decay)
+    self.ema_every, self.ema_restart_until, self.steps = ema_every, ema_restart_until, 0
+    self.seed, self.rank = seed, rank
+    return self
+
+@patch
+def autocast(self: Distiller):
+    "The autocast context of `setup(amp=...)` on the student's device (a no-op for none)."
+    if self.amp == 'none': return nullcontext()
+    device = next(self.model.parameters()).device
+    return torch.autocast(device.type, dtype=torch.bfloat16 if self.amp == 'bf16' else torch.float16)
+
+# %% ../nbs/06_distiller.ipynb #e5bec521
+@patch
+def step(self: Distiller, x: torch.Tensor, y: torch.Tensor | None, progress: float,
+         unlabeled: torch.Tensor | None = None) -> dict:   # transfer-set images: distillation terms only
+    "One step of the discriminator (if any), then of the student and projectors, `progress` epochs into the run."
+    if self.opt is None: raise RuntimeError("call distiller.setup(lr=...) before distiller.step(...)")
+    rho = self.preset.weight(progress)
+    if unlabeled is not None and rho > 0 and self.distils: x = torch.cat([x, unlabeled])   # (B + U, 3, H, W)
+    terms, adv = self.compute(x, y, rho, self.autocast())
     check_finite(terms)                                      # before any update: a bad batch changes nothing
-    logs = {}
-    if adv is not None:
-        if d_opt is None: raise ValueError(f"preset {distiller.preset.name!r} has a discriminator: pass d_opt")
-        logs['d_loss'] = step_discriminator(distiller, adv, d_opt)
-        terms['adv'] = distiller.fool_loss(adv)
-    loss = total_loss(terms, distiller.preset, rho)
-    check_finite({'loss': torch.as_tensor(loss), **{k: v for k, v in terms.items() if k == 'adv'}})  # before the update
-    opt.zero_grad(set_to_none=True)
-    (scaler.scale(loss) if scaler is not None else loss).backward()
-    if clip_grad_norm is not None:
-        if scaler is not None: scaler.unscale_(opt)
-        nn.utils.clip_grad_norm_(distiller.model.parameters(), clip_grad_norm)
-    if scaler is not None: scaler.step(opt); scaler.update()
-    else: opt.step()
+    logs = {} if adv is None else {'d_loss': self.step_disc(adv)}
+    if adv is not None: terms['adv'] = self.fool_loss(adv)
+    loss = total_loss(terms, self.preset, rho)
+    check_finite({'loss': loss, **{k: v for k, v in terms.items() if k == 'adv'}})
+    self.update(loss)
+    self.update_ema(progress)
     return {'loss': loss.item(), **{k: v.item() for k, v in terms.items()}, **logs, 'rho': rho}
 
+@patch
+def step_disc(self: Distiller, adv: tuple) -> float:
+    "One step of the discriminator on the detached pair `adv`; returns its loss."
+    d_loss = self.disc_loss(adv)
+    check_finite({'d_loss': d_loss})
+    self.d_opt.zero_grad(set_to_none=True)
+    d_loss.backward()
+    average_gradients(self.disc)                             # D is not in DDP: its two forwards would not allow it
+    self.d_opt.step()
+    return d_loss.item()
+
+# %% ../nbs/06_distiller.ipynb #5f64e77c
+@patch
+def update(self: Distiller, loss: torch.Tensor):
+    "Backpropagate `loss` (scaled under fp16), clip, and step the student's optimiser."
+    self.opt.zero_grad(set_to_none=True)
+    (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+    if self.clip_grad_norm is not None:
+        if self.scaler is not None: self.scaler.unscale_(self.opt)
+        nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
+    if self.scaler is None:
+        self.opt.step()
+        return
+    self.scaler.step(self.opt)
+    self.scaler.update()
+
+@patch
+def update_ema(self: Distiller, progress: float):
+    "Count the step; every `ema_every` steps fold the student into its EMA (restarted before `ema_restart_until`)."
+    self.steps += 1
+    if self.ema is None or self.steps % self.ema_every: return
+    self.ema.update_parameters(self.student)
+    if progress < self.ema_restart_until: self.ema.n_averaged.fill_(0)
+
+# %% ../nbs/06_distiller.ipynb #f51dd858
+@patch
+def training_state(self: Distiller) -> dict:
+    "Everything `step` changes: the weights (`distiller`), optimisers, scaler, EMA and the step count."
+    state = lambda obj: None if obj is None else obj.state_dict()
+    return {'distiller': self.state_dict(), 'opt': state(self.opt), 'd_opt': state(self.d_opt),
+            'scaler': state(self.scaler), 'ema': state(self.ema), 'steps': self.steps}
+
+@patch
+def load_training_state(self: Distiller, state: dict) -> Distiller:
+    "Restore what `training_state` returned (call `setup` first when training is to go on)."
+    self.load_state_dict(state['distiller'])
+    for k in ('opt', 'd_opt', 'scaler', 'ema'):
+        if getattr(self, k) is not None and state.get(k) is not None: getattr(self, k).load_state_dict(state[k])
+    self.steps = state.get('steps', state.get('step', self.steps))   # 'step': checkpoints before `steps`
+    return self
+
+# %% ../nbs/06_distiller.ipynb #4c5aaffb
+@patch
+def distribute(self: Distiller, **ddp_kwargs) -> Distiller:
+    "Wrap the student and its projectors in `DistributedDataParallel` (never the teacher); same initial D everywhere."
+    self.model = nn.parallel.DistributedDataParallel(self.model, find_unused_parameters=self.distils, **ddp_kwargs)
+    if self.disc is not None:
+        for t in [*self.disc.parameters(), *self.disc.buffers()]: torch.distributed.broadcast(t.data, 0)
+    return self
+
+@patch
+def compile(self: Distiller, student: bool = True, teacher: bool = False, **kwargs) -> Distiller:
+    "`torch.compile` the student and/or the teacher in place (`kwargs` go to `torch.compile`)."
+    if student: self.student.compile(**kwargs)
+    if teacher and self.teacher is not None: self.teacher.compile(**kwargs)
+    return self
+
+# %% ../nbs/06_distiller.ipynb #80d00c58
 def export_student(distiller: Distiller) -> dict:
     "The student's weights as a plain torchvision state dict (no projectors, no wrapper prefixes)."
     return dict(distiller.student.state_dict())

@@ -15,43 +15,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dataclasses import replace
-
-from .build import STUDENT_NORM, build_finetune, build_student, build_teacher, load_state_dict, vit_input_size
-from .checkpoint import read_checkpoint
-from .config import TrainConfig, get_method
 from .core import check_choice
-
+from .runs import WEIGHTS, run_student
 
 # %% auto #0
-__all__ = ['FORMATS', 'WEIGHTS', 'WRITERS', 'run_student', 'export_student_file', 'export_run', 'build_parser', 'cli']
+__all__ = ['FORMATS', 'WRITERS', 'export_student_file', 'export_run', 'build_parser', 'cli']
 
 # %% ../nbs/14_export.ipynb #48d21677
 FORMATS = {'onnx': '.onnx', 'torchscript': '.torchscript.pt'}
-WEIGHTS = {'last': None, 'best': 'student_best.pt', 'ema': 'student_ema_last.pt'}
-
-def _architecture(cfg: TrainConfig, num_classes: int) -> tuple:
-    "The run's deployable model with random weights, its input size `(H, W)` and normalisation; nothing downloaded."
-    bare = replace(cfg, teacher_weights='none')
-    if get_method(cfg.method).finetunes: return build_finetune(bare, num_classes)
-    crop = cfg.val_crop_size or cfg.train_crop_size
-    if crop is None: crop, _ = vit_input_size(build_teacher(bare)[0])   # a randomly built teacher's input size
-    return build_student(cfg, num_classes), STUDENT_NORM, (crop, crop)
-
-def run_student(run: str | Path, weights: str = 'last') -> tuple:
-    "The plain student of a run with the `weights` asked for, in eval mode, and `(classes, (H, W), (mean, std))`."
-    run, which = Path(run), check_choice(weights, WEIGHTS, '--weights')
-    ck_path, cfg_path = run / 'checkpoint.pt', run / 'config.json'
-    for f in (cfg_path, ck_path):
-        if not f.is_file(): raise FileNotFoundError(f"{f} does not exist: is {run} a cakd-train run folder?")
-    ck = read_checkpoint(ck_path)
-    model, norm, size = _architecture(TrainConfig.from_dict(json.loads(cfg_path.read_text())), ck['num_classes'])
-    path = ck_path if WEIGHTS[which] is None else run / WEIGHTS[which]
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: the run kept no {which} weights "
-                                f"({'it ran without --model-ema' if which == 'ema' else 'it never evaluated'})")
-    model.load_state_dict(load_state_dict(path))        # a checkpoint's student, or a plain state dict
-    return model.eval(), (ck['classes'], tuple(size), norm)
 
 # %% ../nbs/14_export.ipynb #d73d0501
 def _write_onnx(model: nn.Module, x: torch.Tensor, path: Path, opset: int):

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from .build import check_teacher_classes, recorded_teacher, teacher_classes
+from .build import check_teacher_classes, teacher_classes
 from .config import TrainConfig, to_argv
-from .train import read_records
+from .runs import read_records, recorded_teacher
 from .core import DeviceError, resolve_device
 from .datasets import download_dataset, open_dataset
 
@@ -63,10 +63,10 @@ def preflight(cfg: TrainConfig, nproc_per_node: int = 1, nnodes: int = 1) -> dic
 # %% ../nbs/13_launch.ipynb #44baaeff
 def torchrun_command(cfg: TrainConfig, nproc_per_node: int = 1, nnodes: int = 1, node_rank: int = 0,
                      master_addr: str = '127.0.0.1', master_port: int = 29500, python: str | None = None) -> list:
-    "The `torchrun -m cakd.train ...` command line that trains `cfg`, as a list of strings."
+    "The `torchrun -m cakd.cli ...` command line that trains `cfg`, as a list of strings."
     return [python or sys.executable, '-m', 'torch.distributed.run', f'--nproc_per_node={nproc_per_node}',
             f'--nnodes={nnodes}', f'--node_rank={node_rank}', f'--master_addr={master_addr}',
-            f'--master_port={master_port}', '-m', 'cakd.train', *to_argv(cfg)]
+            f'--master_port={master_port}', '-m', 'cakd.cli', *to_argv(cfg)]
 
 # %% ../nbs/13_launch.ipynb #edaac865
 def stream(cmd: list, log: str | Path | None = None, env: dict | None = None, keep: int = 40) -> tuple:
@@ -91,7 +91,7 @@ def stream(cmd: list, log: str | Path | None = None, env: dict | None = None, ke
 def _start(cfg: TrainConfig, env: dict):
     Path(cfg.output).mkdir(parents=True, exist_ok=True)
     log = open(Path(cfg.output) / 'stdout.log', 'a')
-    cmd = [sys.executable, '-m', 'cakd.train', *to_argv(cfg)]
+    cmd = [sys.executable, '-m', 'cakd.cli', *to_argv(cfg)]
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log
 
 def run_many(cfgs: list, jobs: int = 2) -> list:

@@ -14,7 +14,8 @@ from .presets import ATTENTION_TARGETS, PCA_MODES
 from .taps import split_heads
 
 # %% auto #0
-__all__ = ['qk_logits', 'vv_gram', 'attention_output', 'attention_target', 'partial_cross', 'PCAProjector', 'pca_loss']
+__all__ = ['qk_logits', 'vv_gram', 'attention_output', 'attention_target', 'partial_cross', 'PCAProjector', 'pca_pairs',
+           'pca_loss']
 
 # %% ../nbs/02_pca.ipynb #e01da2c7
 def qk_logits(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -68,12 +69,12 @@ class PCAProjector(nn.Module):
         return split_heads(qkv, self.heads)                                                # 3 × (B, heads, N, d)
 
 # %% ../nbs/02_pca.ipynb #29b08177
-def pca_loss(student: tuple, teacher: tuple,
-             target: str = 'logits_avg',      # one of ATTENTION_TARGETS
-             swap_p: float = 0.0,             # partially cross probability; 0 turns the swap off
-             vv_teacher_scaled: bool = True,  # False: the official code's unscaled teacher V·Vᵀ
-             generator: torch.Generator | None = None) -> dict:
-    "MSE between student and teacher attention (`attn`) and value relations (`vv`)."
+def pca_pairs(student: tuple, teacher: tuple,
+              target: str = 'logits_avg',      # one of ATTENTION_TARGETS
+              swap_p: float = 0.0,             # partially cross probability; 0 turns the swap off
+              vv_teacher_scaled: bool = True,  # False: the official code's unscaled teacher V·Vᵀ
+              generator: torch.Generator | None = None) -> dict:
+    "The `(student, teacher)` attention (`attn`) and value-relation (`vv`) pairs that `pca_loss` compares."
     (qs, ks, vs), (qt, kt, vt) = student, [t.detach() for t in teacher]
     if qs.shape[-2] != qt.shape[-2]:
         raise ValueError(f"student has {qs.shape[-2]} tokens and teacher {qt.shape[-2]}: student q {tuple(qs.shape)}, "
@@ -84,7 +85,12 @@ def pca_loss(student: tuple, teacher: tuple,
     vs_keep = vs
     if swap_p > 0:
         qs, ks, vs = (partial_cross(s, t, swap_p, generator)[0] for s, t in ((qs, qt), (ks, kt), (vs, vt)))
-    attn = F.mse_loss(attention_target(qs, ks, vs, target), attention_target(qt, kt, vt, target))
     gs, gt = vv_gram(vs_keep), vv_gram(vt, scaled=vv_teacher_scaled)   # (B, heads, N, N)
     if target != 'output': gs, gt = gs.mean(1), gt.mean(1)              # (B, N, N)
-    return {'attn': attn, 'vv': F.mse_loss(gs, gt)}
+    return {'attn': (attention_target(qs, ks, vs, target), attention_target(qt, kt, vt, target)), 'vv': (gs, gt)}
+
+def pca_loss(student: tuple, teacher: tuple, target: str = 'logits_avg', swap_p: float = 0.0,
+             vv_teacher_scaled: bool = True, generator: torch.Generator | None = None) -> dict:
+    "MSE between student and teacher attention (`attn`) and value relations (`vv`): `pca_pairs`, compared."
+    pairs = pca_pairs(student, teacher, target, swap_p, vv_teacher_scaled, generator)
+    return {k: F.mse_loss(s, t) for k, (s, t) in pairs.items()}

@@ -12,7 +12,7 @@ from typing import Iterable
 
 # %% auto #0
 __all__ = ['KD_KINDS', 'ATTENTION_TARGETS', 'PCA_MODES', 'DISCRIMINATORS', 'RESAMPLING', 'LOSS_TERMS', 'PRESETS',
-           'check_choice', 'check_known', 'Ramp', 'Preset', 'get_preset']
+           'ALIASES', 'check_choice', 'check_known', 'Ramp', 'Preset', 'get_preset']
 
 # %% ../nbs/05a_presets.ipynb #558a508b
 def check_choice(value: str, choices: Iterable[str], what: str) -> str:
@@ -39,7 +39,7 @@ class Ramp:
     start: float = 25.0       # epoch at which the weight leaves zero
     length: float = 50.0      # epochs over which it would reach 1 (it stops at w_max)
     w_max: float = 0.2        # plateau
-    epochs: float = 120.0     # schedule length these values were set for
+    epochs: float | None = 120.0  # schedule length these values were set for (None: any, never stretched)
 
     def __call__(self, epoch: float) -> float:
         return min(max((epoch - self.start) / self.length, 0.0), self.w_max)
@@ -51,7 +51,7 @@ class Ramp:
 
     def for_run(self, epochs: float) -> 'Ramp':
         "This ramp for a run of `epochs` epochs: itself if it was set for that length, else stretched to it."
-        return self if self.epochs == epochs else self.scaled(epochs)
+        return self if self.epochs in (None, epochs) else self.scaled(epochs)
 
     @property
     def plateau_epoch(self) -> float:
@@ -114,20 +114,23 @@ class Preset:
         return 1.0 if self.ramp is None else self.ramp(epoch)
 
 # %% ../nbs/05a_presets.ipynb #6a6ba51e
-PRESETS = {
-    'official': Preset('official'),
-    'paper': Preset('paper', weights=dict(ce=1.0, attn=0.2, vv=0.05, feat=0.05, adv=1.0), pca_mode='paper',
-                    attn_target='output', swap_p=0.5, gl_dropout=0.1, disc='token', mvg=True),
-    'logits': Preset('logits', weights=dict(ce=1.0, kd=1.0), ramp=None, disc=None),
-    'kd': Preset('kd', weights=dict(ce=0.1, kd=0.9), ramp=None, label_smoothing=0.0, kd='kl', disc=None),
-    'dkd': Preset('dkd', weights=dict(ce=1.0, kd=1.0), ramp=Ramp(0.0, 20.0, 1.0, 240.0), label_smoothing=0.0,
-                  kd='dkd', disc=None),
+PRESETS = {                          # keyed by the name of the method whose losses they are (cakd.config.METHODS)
     'baseline': Preset('baseline', weights=dict(ce=1.0), ramp=None, label_smoothing=0.0, disc=None),
+    'logits': Preset('logits', weights=dict(ce=1.0, kd=1.0), ramp=None, disc=None),
+    'cakd_official': Preset('cakd_official'),
+    'cakd_paper': Preset('cakd_paper', weights=dict(ce=1.0, attn=0.2, vv=0.05, feat=0.05, adv=1.0),
+                         pca_mode='paper', attn_target='output', swap_p=0.5, gl_dropout=0.1, disc='token', mvg=True),
+    'kd': Preset('kd', weights=dict(ce=0.1, kd=0.9), ramp=None, label_smoothing=0.0, kd='kl', disc=None),
+    'dkd': Preset('dkd', weights=dict(ce=1.0, kd=1.0), ramp=Ramp(0.0, 20.0, 1.0, None), label_smoothing=0.0,
+                  kd='dkd', disc=None),  # a warm-up of 20 epochs whatever the run's length (mdistiller)
+    'finetune': Preset('finetune', weights=dict(ce=1.0), ramp=None, label_smoothing=0.0, disc=None),
 }
+ALIASES = {'cakd': 'cakd_official'}    # the one short name people type
 
-def get_preset(preset: str | Preset = 'official', /, **overrides) -> Preset:
-    "The named preset, with any field replaced by `overrides` (e.g. `swap_p=0.25`, `weights={...}`)."
-    base = preset if isinstance(preset, Preset) else PRESETS[check_choice(preset, PRESETS, 'preset')]
+def get_preset(preset: str | Preset = 'cakd_official', /, **overrides) -> Preset:
+    "The preset of method `preset`, with any field replaced by `overrides` (e.g. `swap_p=0.25`, `weights={...}`)."
+    if isinstance(preset, Preset): base = preset
+    else: base = PRESETS[check_choice(ALIASES.get(preset, preset), PRESETS, 'preset')]
     check_known(overrides, [f.name for f in fields(Preset)], 'preset option')
     if 'weights' in overrides: overrides['weights'] = {**base.weights, **overrides['weights']}
     if isinstance(overrides.get('ramp'), dict):                  # from JSON/YAML: changes to the base ramp

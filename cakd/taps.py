@@ -238,6 +238,10 @@ class StudentFeatures:
     pooled: torch.Tensor  # (B, P) input of the final classifier layer
     logits: torch.Tensor  # (B, classes)
 
+class _Reached(Exception):
+    "Ends a forward pass at the tapped stage, carrying its output."
+    def __init__(self, out: torch.Tensor): self.out = out
+
 class StudentTap(Hooks):
     "Hooks on an unmodified CNN that return its tapped map, pooled vector and logits."
     def __init__(self, model: nn.Module,
@@ -254,9 +258,13 @@ class StudentTap(Hooks):
         self._attach()
 
     def _attach(self):
+        self._stop = False
         self._hooks = [self.classifier.register_forward_pre_hook(lambda m, a: self._store.__setitem__('pooled', a[0]))]
-        if self.stage is not None:
-            self._hooks.append(self.stage.register_forward_hook(lambda m, a, out: self._store.__setitem__('feat', out)))
+        if self.stage is not None: self._hooks.append(self.stage.register_forward_hook(self._on_stage))
+
+    def _on_stage(self, module, args, out):
+        if self._stop: raise _Reached(out)                   # `map`: the layers after the stage do not run
+        self._store['feat'] = out
 
     @property
     def num_classes(self) -> int: return self.classifier.out_features
@@ -265,6 +273,15 @@ class StudentTap(Hooks):
         "Run the student (as given, wrappers included) on `x` and collect its features."
         self._store.clear()
         return self.collect(self.model(x))
+
+    def map(self, x: torch.Tensor) -> torch.Tensor:
+        "The tapped map `(B, C, h, w)` of `x`, without running the layers after the tapped stage."
+        if self.stage is None: raise ValueError("this tap has no stage: pass a layer to StudentTap")
+        self._stop = True
+        try: self.model(x)
+        except _Reached as reached: return reached.out
+        finally: self._stop = False
+        raise ValueError(f"student layer {self.layer!r} did not run in the forward pass")
 
     def collect(self, logits: torch.Tensor) -> StudentFeatures:
         "The features the hooks kept during the forward pass that returned `logits`."

@@ -20,8 +20,8 @@ def test_bench_gl_runs_and_prints_ratio():
 def test_bench_step_runs_and_prints_ratios():
     lines = run('step.py', '--batch', '2', '--image-size', '96', '--reps', '1', '--student', 'resnet18',
                 '--teacher', 'vit_b_16', '--classes', '10')
-    assert lines[-1].startswith('cakd/logits = ') and float(lines[-1].split('=')[1]) > 0
-    assert lines[-2].startswith('logits/baseline = ')
+    assert lines[-1].startswith('cakd_paper/logits = ') and float(lines[-1].split('=')[1]) > 0
+    assert lines[-2].startswith('cakd_official/logits = ') and lines[-3].startswith('logits/baseline = ')
 
 
 def test_bench_help_runs_and_prints_ratio():

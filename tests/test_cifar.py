@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cakd.config import cli
+from cakd.cli import cli
 from cakd.datasets import write_cifar
-from cakd.train import read_records
+from cakd.runs import read_records
 
 ROOT = Path(__file__).parents[1]
 BIN = Path(sys.executable).parent
@@ -61,7 +61,7 @@ def test_finetune_writes_a_teacher_that_is_accepted_alone(cifar, teacher):
 def test_finetune_on_an_imagefolder_then_its_teacher_pt_alone(digits, cifar, tmp_path, capsys):
     "Fine-tuning works on any ImageFolder (here 10 digit classes from a 7-class 'pretrained' ViT); the teacher.pt it "
     "writes is then the teacher of a kd run given --teacher-weights and nothing else about the teacher."
-    from cakd.build import load_run
+    from cakd.runs import load_run
     ft, kd = tmp_path / 'ft', tmp_path / 'kd'
     assert cli(['--method', 'finetune', '--data', digits, '--teacher', 'timm:vit_tiny_patch16_224', '--teacher-weights',
                 cifar / 'pretrained.pth', '--teacher-options', json.dumps(TINY_VIT), '--output', ft, *SMALL]) == 0

@@ -5,7 +5,7 @@ from pathlib import Path
 
 CHECK = '''
 import sys
-from cakd.config import cli
+from cakd.cli import cli
 try: cli(['--help'])
 except SystemExit as e: code = e.code
 heavy = sorted(m for m in ('torch', 'torchvision', 'timm', 'numpy') if m in sys.modules)
@@ -27,7 +27,7 @@ def test_help_imports_no_torch():
 def test_console_script_points_at_the_light_entry():
     from importlib.metadata import entry_points
     (ep,) = [e for e in entry_points(group='console_scripts') if e.name == 'cakd-train']
-    assert ep.value == 'cakd.config:cli'
+    assert ep.value == 'cakd.cli:cli'
     r = subprocess.run([Path(sys.executable).parent / 'cakd-train', '--help'], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0 and r.stdout.startswith('usage: cakd-train')

@@ -19,7 +19,7 @@ def snap():
 before = snap()
 import cakd, cakd.core, cakd.taps, cakd.pca, cakd.gl, cakd.mrt, cakd.losses, cakd.distiller
 vit = torchvision.models.VisionTransformer(32, 4, 2, 4, 64, 128, num_classes=10)
-d = cakd.distiller.Distiller(vit, torchvision.models.resnet18(num_classes=10), 'paper', ramp=None)
+d = cakd.distiller.Distiller(vit, torchvision.models.resnet18(num_classes=10), 'cakd_paper', ramp=None)
 d(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), 1)
 after = snap()
 print(json.dumps({k: before[k] == after[k] for k in before}))
@@ -67,3 +67,40 @@ def test_lines_fit_and_imports_are_used():
     long = [f'{f}:{i}' for f in (root / 'tools').iterdir() if f.is_file()
             for i, line in enumerate(f.read_text().splitlines(), 1) if len(line) > 120]
     assert long == []
+
+
+LAYERS = r'''
+import ast, json, pathlib, cakd
+root = pathlib.Path(cakd.__file__).parent
+edges = {}
+for f in sorted(root.glob('*.py')):
+    if f.name == '_modidx.py': continue
+    names, tree = set(), ast.parse(f.read_text())
+    tree.body = [n for n in tree.body if not (isinstance(n, ast.If) and '__main__' in ast.unparse(n.test))]
+    for node in ast.walk(tree):                  # imports at import time (a `python -m` entry block is not one)
+        if isinstance(node, ast.ImportFrom) and node.level == 1: names.add(node.module.split('.')[0])
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith('cakd.'):
+            names.add(node.module.split('.')[1])
+    edges[f.stem] = sorted(names - {f.stem})
+print(json.dumps(edges))
+'''
+
+
+def test_modules_import_downwards_only():
+    "No import circle: the modules' imports form a DAG, `config` never reaches `train`, and only `cli` imports it."
+    edges = json.loads(subprocess.run([sys.executable, '-c', LAYERS], capture_output=True, text=True,
+                                      check=True).stdout)
+    reach = {}
+
+    def below(m, seen=()):
+        if m in seen: raise AssertionError(f"import circle through {' -> '.join([*seen, m])}")
+        if m not in reach: reach[m] = set().union(*[{n} | below(n, (*seen, m)) for n in edges.get(m, [])])
+        return reach[m]
+    for m in edges: below(m)
+    assert 'train' not in reach['config'] and 'cli' not in reach['config']
+    assert [m for m, ns in edges.items() if 'cli' in ns] == []                  # nothing imports the command line
+    assert {m for m, ns in edges.items() if 'train' in ns} <= {'cli'}
+    for m in ('build', 'checkpoint', 'runs', 'export', 'launch', 'viz'): assert 'train' not in reach[m], m
+    r = subprocess.run([sys.executable, '-c', 'import sys, cakd.config; print("cakd.train" in sys.modules)'],
+                       capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == 'False'

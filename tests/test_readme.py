@@ -3,7 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cakd.train import read_records as records
+from cakd.runs import read_records as records
 
 ROOT = Path(__file__).parents[1]
 
@@ -43,14 +43,14 @@ def test_readme_training_smoke_commands_run(tmp_path):
     (epoch,) = records(tmp_path / 'runs/smoke')
     assert {'train_attn', 'train_vv', 'train_feat', 'train_cls', 'train_kd', 'train_adv'} <= set(epoch)
     assert epoch['train_attn'] > 0 and epoch['lr'] == 0.01                   # distils, and trains at --lr
-    assert 'distillation weight: 0 until epoch 0.208, 0.2 from epoch 0.292 of 1' in r.stdout
+    assert 'distillation weight: 0 until epoch 0.208, rising to 0.2 at epoch 0.292 of 1' in r.stdout
     assert 'warning' not in r.stdout + r.stderr
 
 
 def test_readme_gpu_commands_parse():
     import shlex
     from torch.distributed.run import get_args_parser
-    from cakd.train import parse_config
+    from cakd.config import parse_config
     (block,) = sh_blocks('bash')
     lines = [l for l in block.splitlines() if l.strip()]
     assert lines[0] == 'make imagenet DATA=/data/imagenet' and len(lines) == 3   # run by test_make_imagenet_as_...
@@ -58,10 +58,10 @@ def test_readme_gpu_commands_parse():
         argv = shlex.split(line)
         assert argv[0] == 'torchrun'
         run = get_args_parser().parse_args(argv[1:])
-        assert run.module and run.training_script == 'cakd.train' and run.nproc_per_node == '8'
+        assert run.module and run.training_script == 'cakd.cli' and run.nproc_per_node == '8'
         cfg = parse_config(run.training_script_args)
         assert (cfg.method, cfg.preset.name, cfg.epochs, cfg.batch_size, cfg.data) == (
-            'cakd_official', 'official', 120, 32, '/data/imagenet')
+            'cakd_official', 'cakd_official', 120, 32, '/data/imagenet')
 
 
 def test_every_make_line_of_the_readme_is_run_by_a_test():

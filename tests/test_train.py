@@ -33,12 +33,12 @@ def cakd_train(*args, timeout=300):
 
 
 def torchrun(*args, nproc=2, timeout=300):
-    cmd = [str(BIN / 'torchrun'), f'--nproc_per_node={nproc}', f'--master_port={free_port()}', '-m', 'cakd.train',
+    cmd = [str(BIN / 'torchrun'), f'--nproc_per_node={nproc}', f'--master_port={free_port()}', '-m', 'cakd.cli',
            *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=timeout)
 
 
-from cakd.train import read_records as records
+from cakd.runs import read_records as records
 
 
 @pytest.mark.parametrize('method', ['logits', 'cakd_official', 'cakd_paper'])   # baseline: the same path
@@ -121,7 +121,7 @@ def test_non_finite_loss_stops_with_step_and_term_and_keeps_last_checkpoint(digi
 @pytest.fixture
 def main_in_process(capsys):
     "`cakd-train` run in this process (the same entry point, without the interpreter start-up)."
-    from cakd.train import main
+    from cakd.cli import main
     def run(*args):
         code = main([str(a) for a in args])
         out, err = capsys.readouterr()
@@ -207,7 +207,7 @@ def test_checkpoint_that_would_run_code_is_refused_in_one_line(digits, tmp_path,
 
 def test_restart_removes_stale_temps_logs_the_lr_trained_at_without_scheduler_warnings(digits, tmp_path):
     import warnings
-    from cakd.train import main
+    from cakd.cli import main
     out = tmp_path / 'w'
     out.mkdir()
     (out / '.checkpoint.pt.tmp4242').write_bytes(b'x' * 1000)          # left by a crash inside save_atomic
@@ -264,7 +264,7 @@ def test_eval_and_save_every_n_epochs(digits, tmp_path, main_in_process, fail):
 
 
 def test_load_run_gives_trained_and_initial_distiller(digits, tmp_path, main_in_process):
-    from cakd.build import load_run
+    from cakd.runs import load_run
     from cakd.train import Trainer
     out = tmp_path / 'run'
     args = ['--data', digits, '--output', out, '--epochs', 1, '--max-steps-per-epoch', 2, *SMALL,
@@ -321,7 +321,7 @@ def test_short_cakd_run_distils_in_every_epoch(digits, tmp_path, main_in_process
     code, stdout, err = main_in_process('--method', 'cakd', '--data', digits, '--output', out, '--epochs', 2,
                                         '--max-steps-per-epoch', 4, *SMALL)
     assert code == 0, err[-2000:]
-    assert 'distillation weight: 0 until epoch 0.417, 0.2 from epoch 0.583 of 2' in stdout
+    assert 'distillation weight: 0 until epoch 0.417, rising to 0.2 at epoch 0.583 of 2' in stdout
     for ep in records(out):
         assert {'train_attn', 'train_vv', 'train_feat', 'train_cls', 'train_kd', 'train_adv'} <= set(ep), ep['epoch']
 
@@ -380,3 +380,70 @@ def test_transfer_set_bad_input_is_named(digits, tmp_path, fail, main_in_process
     assert records(tmp_path / 's')[0]['skipped_images'] >= 1
     err = fail('--method', 'baseline', *args, '--unlabeled', str(flat))
     assert f'--unlabeled {flat}: --method baseline learns from labels only' in err
+
+
+def test_tensorboard_event_file_holds_every_logged_scalar(digits, tmp_path, main_in_process):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    out = tmp_path / 'tb'
+    code, _, err = main_in_process('--data', digits, '--output', out, '--epochs', '1', '--max-steps-per-epoch', '4',
+                                   *SMALL, '--print-freq', '2', '--tensorboard', '--preset.ramp', 'none',
+                                   '--lr-warmup-epochs', '0', '--no-ra-sampler')
+    assert code == 0, err
+    tb = EventAccumulator(str(out / 'tensorboard')).Reload()        # tensorboard's own reader
+    tags = set(tb.Tags()['scalars'])
+    assert {'train/ce', 'train/kd', 'train/attn', 'train/adv', 'train/loss', 'val/top1', 'val/agree', 'val/kl',
+            'ema/top1', 'epoch/lr', 'step/loss', 'step/ce', 'step/rho', 'step/d_loss'} <= tags, sorted(tags)
+    assert [e.step for e in tb.Scalars('step/loss')] == [2, 4]                # at the optimisation step
+    assert [e.step for e in tb.Scalars('val/top1')] == [0]                    # at the epoch
+    (epoch,) = records(out)
+    assert tb.Scalars('val/top1')[0].value == pytest.approx(epoch['val_top1'], rel=1e-5)
+    assert tb.Scalars('train/ce')[0].value == pytest.approx(epoch['train_ce'], rel=1e-5)
+
+
+def test_teacher_weights_file_is_read_once_per_run_start(digits, tmp_path, monkeypatch, main_in_process):
+    import timm
+    import cakd.build
+    src = timm.create_model('vit_tiny_patch16_224', img_size=32, patch_size=4, num_classes=10)
+    torch.save({'model': src.state_dict()}, tmp_path / 'teacher.pth')
+    reads, real = [], cakd.build.read_checkpoint
+    monkeypatch.setattr(cakd.build, 'read_checkpoint', lambda p: reads.append(Path(p).name) or real(p))
+    code, _, err = main_in_process('--data', digits, '--output', tmp_path / 'r', '--epochs', '1',
+                                   '--max-steps-per-epoch', '1', '--method', 'logits', *SMALL,
+                                   '--teacher-weights', tmp_path / 'teacher.pth')
+    assert code == 0, err
+    assert reads == ['teacher.pth']          # its architecture, class count and weights: one read
+    from cakd.runs import load_run
+    assert torch.equal(load_run(tmp_path / 'r').teacher.model.pos_embed, src.pos_embed)
+
+
+def _arm(digits, out, term, weight):
+    "An in-process cakd_official run (its recipe's augmentation and mixup) with `term` at `weight`: its batches."
+    from cakd.train import Trainer
+    cfg = TrainConfig.for_method(
+        'cakd_official', data=str(digits), output=str(out), device='cpu', model='resnet18', epochs=2, batch_size=8,
+        workers=0, lr=0.01, max_steps_per_epoch=3, print_freq=100, lr_warmup_epochs=0, unlabeled=str(digits / 'train'),
+        unlabeled_batch_size=4, teacher='timm:vit_tiny_patch16_224', teacher_weights='none',
+        teacher_options={'img_size': 32, 'patch_size': 4, 'num_classes': 10},
+        preset={'ramp': None, 'weights': {term: weight}})
+    trainer, seen = Trainer(cfg), []
+    step = trainer.distiller.step
+
+    def spy(x, y, progress, unlabeled=None):             # what the distiller is fed, step by step
+        seen.append([v.clone() for v in (x, y, unlabeled)])
+        return step(x, y, progress, unlabeled)
+    trainer.distiller.step = spy
+    trainer.fit()
+    return trainer.distiller, seen
+
+
+@pytest.mark.parametrize('term', ['adv', 'feat', 'cls'])
+def test_arms_that_build_other_modules_see_the_same_batches(digits, tmp_path, term):
+    "A term at 1e-12 builds its module (D, GL, cls projector); at 0 it does not. Nothing random may move with that."
+    (on, a), (off, b) = [_arm(digits, tmp_path / str(w), term, w) for w in (1e-12, 0.0)]
+    built = {'adv': lambda d: d.disc, 'feat': lambda d: d.head.gl, 'cls': lambda d: d.head.cls}[term]
+    assert built(on) is not None and built(off) is None
+    assert len(a) == len(b) == 6
+    for (xa, ya, ua), (xb, yb, ub) in zip(a, b):             # bit-identical inputs, mixup and transfer batches
+        assert torch.equal(xa, xb) and torch.equal(ya, yb) and torch.equal(ua, ub)
+    for (k, v), w in zip(on.student.state_dict().items(), off.student.state_dict().values()):
+        if v.is_floating_point(): assert torch.allclose(v, w, atol=1e-5, rtol=0), k

@@ -39,15 +39,14 @@ def test_student_tap_through_ddp_module_prefix(process_group):
 
 
 def test_distiller_distribute_wraps_student_and_head_once(process_group):
-    from cakd.distiller import Distiller, train_step
+    from cakd.distiller import Distiller
     vit = torchvision.models.VisionTransformer(32, 4, 2, 4, 64, 128, num_classes=10)
-    d = Distiller(vit, torchvision.models.resnet18(num_classes=10), 'official').distribute()
+    d = Distiller(vit, torchvision.models.resnet18(num_classes=10), 'cakd_official').setup(lr=0.01).distribute()
     assert isinstance(d.model, nn.parallel.DistributedDataParallel) and type(d.student) is torchvision.models.ResNet
     assert not any(isinstance(m, nn.parallel.DistributedDataParallel) for m in unwrap(d.model).modules())
-    opt, d_opt = d.optimisers(lr=0.01)
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
-    assert set(train_step(d, x, y, 0, opt, d_opt)) == {'loss', 'ce', 'rho'}          # ramp at zero: projectors idle
-    logs = train_step(d, x, y, 50, opt, d_opt)                                        # then all of them
+    assert set(d.step(x, y, 0)) == {'loss', 'ce', 'rho'}                              # ramp at zero: projectors idle
+    logs = d.step(x, y, 50)                                                           # then all of them
     assert {'attn', 'feat', 'cls', 'adv'} <= set(logs)
     assert set(d.state_dict()) == {f'student.{k}' for k in d.student.state_dict()} | \
         {f'head.{k}' for k in d.head.state_dict()} | {f'disc.{k}' for k in d.disc.state_dict()}
