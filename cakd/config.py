@@ -12,13 +12,14 @@ import textwrap
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .presets import ALIASES, PRESETS, Preset, Ramp, check_choice, check_known, get_preset
+from .presets import (ALIASES, DATASET_PRESETS, DATASETS, PRESETS, Preset, Ramp, check_choice, check_known,
+                          get_preset, merge_changes, preset_for_run)
 
 # %% auto #0
-__all__ = ['METHODS', 'DATASETS', 'DATASET_RECIPES', 'CHOICES', 'GROUPS', 'EXAMPLES', 'Method', 'get_method',
-           'preset_for_run', 'recipe', 'MethodOptions', 'ModelOptions', 'DataOptions', 'AugmentOptions', 'OptimOptions',
-           'SpeedOptions', 'RunOptions', 'check_schedule', 'check_config', 'TrainConfig', 'converter',
-           'add_preset_flags', 'preset_changes', 'method_table', 'build_parser', 'read_yaml', 'parse_config', 'to_argv']
+__all__ = ['METHODS', 'DATASET_RECIPES', 'CHOICES', 'GROUPS', 'EXAMPLES', 'Method', 'get_method', 'method_preset',
+           'recipe', 'MethodOptions', 'ModelOptions', 'DataOptions', 'AugmentOptions', 'OptimOptions', 'SpeedOptions',
+           'RunOptions', 'check_schedule', 'check_config', 'TrainConfig', 'converter', 'add_preset_flags',
+           'preset_changes', 'method_table', 'kd_settings', 'build_parser', 'read_yaml', 'parse_config', 'to_argv']
 
 # %% ../nbs/08_config.ipynb #04a7f313
 @dataclass(frozen=True)
@@ -44,11 +45,12 @@ METHODS = {m.name: m for m in [
     Method('logits', _LOGITS, 'CE + MSE to the teacher logits: the official logits recipe'),
     Method('cakd_official', _CAKD, "CAKD as the official code computes it, with its recipe"),
     Method('cakd_paper', _CAKD, "CAKD as the paper describes it, with the official CAKD recipe"),
-    Method('kd', _LOGITS, 'CE + KL at T=4 (Hinton et al.), on the logits recipe'),
-    Method('dkd', _LOGITS, 'CE + Decoupled KD (Zhao et al. 2022), on the logits recipe'),
+    Method('kd', _LOGITS, 'CE + KL (Hinton et al.; mdistiller\'s settings per dataset), on the logits recipe'),
+    Method('dkd', _LOGITS, 'CE + Decoupled KD (Zhao et al. 2022; mdistiller\'s settings per dataset), on the logits '
+           'recipe'),
     Method('finetune', dict(_PLAIN, epochs=10, batch_size=64, lr=0.003, weight_decay=0.0,
-           lr_scheduler='cosineannealinglr', lr_warmup_epochs=1, clip_grad_norm=1.0, model_ema=False,
-           ra_sampler=False, ra_reps=3, val_resize='official'),
+           lr_scheduler='cosineannealinglr', lr_warmup_epochs=1, lr_warmup_per_step=True, clip_grad_norm=1.0,
+           model_ema=False, ra_sampler=False, ra_reps=3, val_resize='official'),
            'fine-tune the pretrained --teacher on this dataset (ViT paper, App. B.1.1); writes teacher.pt',
            finetunes=True),
 ]}
@@ -58,19 +60,16 @@ _CIFAR = dict(epochs=200, batch_size=64, lr=0.1, momentum=0.9, weight_decay=1e-4
               lr_scheduler='multisteplr', lr_milestones=[100, 150], lr_gamma=0.1, lr_warmup_epochs=0,
               auto_augment=None, random_erase=0.0, mixup_alpha=0.0, cutmix_alpha=0.0, model_ema=False,
               ra_sampler=False, val_resize='official')
-DATASETS = ('imagefolder', 'cifar10', 'cifar100')
 DATASET_RECIPES = {'cifar10': _CIFAR, 'cifar100': _CIFAR}
 
 def get_method(name: str) -> Method:
     "The registered method `name` (or its alias)."
     return METHODS[check_choice(ALIASES.get(name, name), METHODS, 'method')]
 
-def preset_for_run(preset: Preset, epochs: int, changes: dict | None = None) -> Preset:
-    "`preset` with its ramp stretched to a run of `epochs` epochs, then `changes` (ramp values: this run's epochs)."
-    stretch = lambda p: p if p.ramp is None else dataclasses.replace(p, ramp=p.ramp.for_run(epochs))
-    changes = dict(changes or {})
-    if isinstance(changes.get('ramp'), dict): changes['ramp'] = {'epochs': epochs, **changes['ramp']}
-    return stretch(get_preset(stretch(preset), **changes))
+def method_preset(method: str, dataset: str = 'imagefolder') -> Preset:
+    "The loss preset of `method` on `dataset` (KD and DKD take mdistiller's CIFAR settings on CIFAR)."
+    m = get_method(method)
+    return get_preset(m.preset, **DATASET_PRESETS.get(check_choice(dataset, DATASETS, '--dataset'), {}).get(m.name, {}))
 
 def recipe(method: str, dataset: str = 'imagefolder') -> dict:
     "The config fields `method` sets on `dataset`: its own recipe, then the dataset's (for students)."
@@ -161,6 +160,7 @@ class OptimOptions:
     lr_warmup_epochs: int = _opt(5, 'warm-up epochs')
     lr_warmup_method: str = _opt('linear', 'warm-up shape')
     lr_warmup_decay: float = _opt(0.01, 'learning-rate factor at the start of the warm-up')
+    lr_warmup_per_step: bool = _opt(False, 'warm up step by step (the ViT fine-tune) instead of epoch by epoch')
     d_lr_factor: float = _opt(0.01, 'discriminator learning rate as a fraction of --lr (the official 0.01)')
     clip_grad_norm: float | None = _opt(None, 'clip the student gradient norm (default: off)')
     model_ema: bool = _opt(True, 'keep an exponential moving average of the student')
@@ -248,8 +248,8 @@ class TrainConfig(RunOptions, SpeedOptions, OptimOptions, AugmentOptions, DataOp
     "Every option of a training run; the defaults are the `cakd_official` method (METHOD.md §3.7)."
     def __post_init__(self):
         self.method = get_method(self.method).name
-        if isinstance(self.preset, dict): self.preset = preset_for_run(get_method(self.method).preset, self.epochs,
-                                                                       self.preset)
+        if isinstance(self.preset, dict):
+            self.preset = preset_for_run(method_preset(self.method, self.dataset), self.epochs, self.preset)
         if not isinstance(self.preset, Preset):
             raise TypeError(f"preset must be a Preset or a dict, got {self.preset!r}")
         self.preset = preset_for_run(self.preset, self.epochs)      # the one place a ramp meets its run
@@ -260,8 +260,8 @@ class TrainConfig(RunOptions, SpeedOptions, OptimOptions, AugmentOptions, DataOp
         "The recipe of `method` on `changes['dataset']` and its preset, with `changes` (a `preset` dict changes it)."
         m = get_method(method)
         check_known(changes, [f.name for f in fields(cls)], 'option')
-        return cls(**{**recipe(m.name, changes.get('dataset', 'imagefolder')), 'method': m.name, 'preset': m.preset,
-                      **changes})
+        dataset = changes.get('dataset', 'imagefolder')
+        return cls(**{**recipe(m.name, dataset), 'method': m.name, 'preset': method_preset(m.name, dataset), **changes})
 
     def to_dict(self) -> dict:
         "Plain values only (the preset as a dict): what `config.json` and checkpoints hold."
@@ -364,7 +364,18 @@ def method_table() -> str:
                           "image's copies over the processes, and on fewer processes a batch holds the same image "
                           "several times (the run warns).", 118)
     return ("methods (--method; `cakd` = cakd_official):\n" + summaries + "\n\n" + about + '\n' + '\n'.join(table)
-            + '\n\n' + cifar)
+            + '\n\n' + cifar + '\n\n' + kd_settings())
+
+def kd_settings() -> str:
+    "KD's and DKD's loss settings per dataset (mdistiller's), as `--help` lists them."
+    def say(p: Preset) -> str:
+        w = p.weights
+        if p.kd == 'kl': return f"CE {w['ce']:g}, KL {w['kd']:g} at T {p.kd_T:g}"
+        warm = f", warm-up {p.ramp.length:g} epochs" if p.ramp is not None else ''
+        return f"CE {w['ce']:g} + DKD (alpha {p.dkd_alpha:g}, beta {p.dkd_beta:g}) at T {p.kd_T:g}{warm}"
+    lines = [f"  {m:4s} {d:11s} {say(method_preset(m, d))}" for m in ('kd', 'dkd') for d in ('imagefolder', 'cifar100')]
+    head = "KD and DKD loss settings per dataset (mdistiller's; imagefolder = its ImageNet configs):"
+    return '\n'.join([head, *lines])
 
 # %% ../nbs/08_config.ipynb #25432c70
 def build_parser(defaults: TrainConfig | None = None) -> argparse.ArgumentParser:
@@ -419,8 +430,8 @@ def parse_config(argv: list | None = None) -> TrainConfig:
     base = TrainConfig.for_method(method, **{k: v for k, v in from_file.items() if k != 'method'})
     ns = build_parser(base).parse_args(argv)
     plain = {f.name: getattr(ns, f.name) for f in fields(TrainConfig) if f.name != 'preset'}
-    preset = preset_for_run(base.preset, plain['epochs'], preset_changes(ns))   # flags' ramp values: this run's epochs
-    return TrainConfig(**{**plain, 'preset': preset})
+    changes = merge_changes(from_file.get('preset'), preset_changes(ns))   # YAML's, then the flags' (on the method's)
+    return TrainConfig(**{**plain, 'preset': changes})
 
 # %% ../nbs/08_config.ipynb #52458d0c
 def to_argv(cfg: TrainConfig) -> list:

@@ -22,8 +22,8 @@ from .presets import check_choice
 # %% auto #0
 __all__ = ['WRAPPER_PREFIXES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'default_device', 'DeviceError', 'resolve_device',
            'process_group_backend', 'Env', 'setup_env', 'seed_everything', 'derive_seed', 'seeded', 'average_gradients',
-           'ema_of', 'freeze', 'unwrap', 'last_linear', 'evaluating', 'strip_prefixes', 'clean_state_dict',
-           'get_module', 'fp32', 'to_tokens', 'to_map', 'align_grid']
+           'mean_over_ranks', 'ema_of', 'freeze', 'unwrap', 'last_linear', 'evaluating', 'strip_prefixes',
+           'clean_state_dict', 'get_module', 'fp32', 'to_tokens', 'to_map', 'align_grid']
 
 # %% ../nbs/00_core.ipynb #d1de070c
 def default_device() -> torch.device:
@@ -87,7 +87,7 @@ def seed_everything(seed: int) -> torch.Generator:
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 
-# %% ../nbs/00_core.ipynb #3a9e0290
+# %% ../nbs/00_core.ipynb #78f29041
 def derive_seed(*keys) -> int:
     "A 63-bit seed from `keys` (a run's seed, a purpose, an epoch, ...): the same in every process and session."
     digest = hashlib.blake2b(repr(keys).encode(), digest_size=8).digest()
@@ -105,7 +105,7 @@ def seeded(*keys, device: torch.device | None = None):
         try: yield
         finally: random.setstate(python)
 
-# %% ../nbs/00_core.ipynb #349088a9
+# %% ../nbs/00_core.ipynb #a8c21a09
 def average_gradients(module: nn.Module):
     "Average `module`'s gradients over all ranks (a no-op outside a multi-process group)."
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()): return
@@ -115,6 +115,13 @@ def average_gradients(module: nn.Module):
         if prm.grad is not None:
             torch.distributed.all_reduce(prm.grad)
             prm.grad /= world
+
+def mean_over_ranks(sums: dict, steps: int, skipped: int, world: int) -> tuple:
+    "Per-step means of the logged sums over all ranks' steps, and the total number of skipped images."
+    keys = sorted(sums)
+    totals = torch.tensor([sums[k] for k in keys] + [steps, skipped], dtype=torch.float64)
+    if world > 1: torch.distributed.all_reduce(totals)
+    return {k: v / max(1.0, totals[-2].item()) for k, v in zip(keys, totals.tolist())}, int(totals[-1])
 
 def ema_of(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
     "An exponential moving average of `model`'s parameters and buffers, `decay` per update."

@@ -21,7 +21,7 @@ from .core import IMAGENET_MEAN, IMAGENET_STD, seeded
 # %% auto #0
 __all__ = ['write_digits', 'check_image_folder', 'BadImageError', 'ImageFolder', 'load_sample', 'collate',
            'UnlabeledFolder', 'train_transform', 'standard_resize', 'eval_transform', 'batch_mix', 'RASampler',
-           'ShardSampler', 'Cycle', 'Skip', 'Keyed', 'SeededDataset']
+           'ShardSampler', 'Cycle', 'repeat_none', 'Skip', 'Keyed', 'SeededDataset']
 
 # %% ../nbs/07_data.ipynb #68817095
 def write_digits(root: str | Path, size: int = 32, val_fraction: float = 0.2, seed: int = 0,
@@ -192,6 +192,10 @@ class Cycle(Sampler):
             k += 1
             if k > 1 and done == 0: raise ValueError("Cycle: the sampler yields no indices")
 
+def repeat_none():
+    "Endless `(None, None, 0)`: the transfer-set batches of a run without one."
+    while True: yield None, None, 0
+
 class Skip(Sampler):
     "The indices of `sampler` after the first `n` (resuming in the middle of an epoch)."
     def __init__(self, sampler: Sampler, n: int): self.sampler, self.n = sampler, n
@@ -203,7 +207,7 @@ class Skip(Sampler):
         return it
     def __len__(self): return max(0, len(self.sampler) - self.n)
 
-# %% ../nbs/07_data.ipynb #442dfc9d
+# %% ../nbs/07_data.ipynb #3e6c34ae
 class Keyed(Sampler):
     "The indices of `sampler`, each paired with its key `(epoch, rank, position in the epoch)`."
     def __init__(self, sampler: Sampler, rank: int = 0): self.sampler, self.rank, self.epoch = sampler, rank, 0

@@ -12,7 +12,8 @@ from typing import Iterable
 
 # %% auto #0
 __all__ = ['KD_KINDS', 'ATTENTION_TARGETS', 'PCA_MODES', 'DISCRIMINATORS', 'RESAMPLING', 'LOSS_TERMS', 'PRESETS',
-           'ALIASES', 'check_choice', 'check_known', 'Ramp', 'Preset', 'get_preset']
+           'ALIASES', 'DATASETS', 'DATASET_PRESETS', 'check_choice', 'check_known', 'Ramp', 'Preset', 'get_preset',
+           'merge_changes', 'preset_for_run']
 
 # %% ../nbs/05a_presets.ipynb #558a508b
 def check_choice(value: str, choices: Iterable[str], what: str) -> str:
@@ -120,12 +121,16 @@ PRESETS = {                          # keyed by the name of the method whose los
     'cakd_official': Preset('cakd_official'),
     'cakd_paper': Preset('cakd_paper', weights=dict(ce=1.0, attn=0.2, vv=0.05, feat=0.05, adv=1.0),
                          pca_mode='paper', attn_target='output', swap_p=0.5, gl_dropout=0.1, disc='token', mvg=True),
-    'kd': Preset('kd', weights=dict(ce=0.1, kd=0.9), ramp=None, label_smoothing=0.0, kd='kl', disc=None),
-    'dkd': Preset('dkd', weights=dict(ce=1.0, kd=1.0), ramp=Ramp(0.0, 20.0, 1.0, None), label_smoothing=0.0,
-                  kd='dkd', disc=None),  # a warm-up of 20 epochs whatever the run's length (mdistiller)
+    'kd': Preset('kd', weights=dict(ce=0.5, kd=0.5), ramp=None, label_smoothing=0.0, kd='kl', kd_T=1.0, disc=None),
+    'dkd': Preset('dkd', weights=dict(ce=1.0, kd=1.0), ramp=Ramp(0.0, 1.0, 1.0, None), label_smoothing=0.0,
+                  kd='dkd', kd_T=1.0, dkd_beta=0.5, disc=None),   # a warm-up of 1 epoch, whatever the run's length
     'finetune': Preset('finetune', weights=dict(ce=1.0), ramp=None, label_smoothing=0.0, disc=None),
 }
 ALIASES = {'cakd': 'cakd_official'}    # the one short name people type
+DATASETS = ('imagefolder', 'cifar10', 'cifar100')
+_CIFAR_PRESETS = {'kd': dict(weights=dict(ce=0.1, kd=0.9), kd_T=4.0),             # mdistiller/engine/cfg.py
+                  'dkd': dict(kd_T=4.0, dkd_beta=8.0, ramp=Ramp(0.0, 20.0, 1.0, None))}
+DATASET_PRESETS = {'cifar10': _CIFAR_PRESETS, 'cifar100': _CIFAR_PRESETS}       # ImageNet: the presets as they are
 
 def get_preset(preset: str | Preset = 'cakd_official', /, **overrides) -> Preset:
     "The preset of method `preset`, with any field replaced by `overrides` (e.g. `swap_p=0.25`, `weights={...}`)."
@@ -137,3 +142,19 @@ def get_preset(preset: str | Preset = 'cakd_official', /, **overrides) -> Preset
         overrides['ramp'] = Ramp(**{**(dataclasses.asdict(base.ramp) if base.ramp else {}), **overrides['ramp']})
     if 'disc_hidden' in overrides: overrides['disc_hidden'] = tuple(overrides['disc_hidden'])
     return dataclasses.replace(base, **overrides)
+
+def merge_changes(*changes: dict | None) -> dict:
+    "Preset changes merged in order; nested ones (`weights`, `ramp`) merge key by key."
+    out = {}
+    for c in changes:
+        for k, v in (c or {}).items():
+            nested = isinstance(v, dict) and isinstance(out.get(k), dict)
+            out[k] = {**out[k], **v} if nested else v
+    return out
+
+def preset_for_run(preset: Preset, epochs: int, changes: dict | None = None) -> Preset:
+    "`preset` with its ramp stretched to a run of `epochs` epochs, then `changes` (ramp values: this run's epochs)."
+    stretch = lambda p: p if p.ramp is None else dataclasses.replace(p, ramp=p.ramp.for_run(epochs))
+    changes = dict(changes or {})
+    if isinstance(changes.get('ramp'), dict): changes['ramp'] = {'epochs': epochs, **changes['ramp']}
+    return stretch(get_preset(stretch(preset), **changes))

@@ -24,15 +24,15 @@ from .build import STUDENT_NORM, build_loaders, build_run_distiller, open_run_da
 from .checkpoint import CheckpointError, check_compatible, read_checkpoint, remove_stale_temps, rng_state
 from .checkpoint import save_atomic, set_rng_state
 from .config import TrainConfig, get_method
-from .core import DeviceError, Env, derive_seed, fp32, seeded, setup_env
-from .data import BadImageError, Cycle, Keyed, Skip, batch_mix, collate
+from .core import DeviceError, Env, derive_seed, fp32, mean_over_ranks, seeded, setup_env
+from .data import BadImageError, Cycle, Keyed, Skip, batch_mix, collate, repeat_none
 from .diagnose import fit_quality, step_diagnostics
 from .distiller import export_student
 from .runs import read_records, recorded_teacher
 
 # %% auto #0
 __all__ = ['USER_ERRORS', 'make_scheduler', 'Schedules', 'tidy', 'scalar_tag', 'append_csv', 'RunLog', 'Stop',
-           'StopFlag', 'Evaluator', 'Trainer', 'repeat_none', 'mean_over_ranks', 'progress', 'train']
+           'StopFlag', 'Evaluator', 'Trainer', 'progress', 'train']
 
 # %% ../nbs/11_train.ipynb #c8daba7f
 def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, lr_min: float):
@@ -53,6 +53,15 @@ class Schedules:
     def __init__(self, opt: torch.optim.Optimizer, d_opt: torch.optim.Optimizer | None, cfg: TrainConfig):
         self.sched = make_scheduler(opt, cfg, cfg.lr_min)
         self.d_sched = make_scheduler(d_opt, cfg, cfg.lr_min * cfg.d_lr_factor) if d_opt is not None else None
+        self.opts, self.cfg = [o for o in (opt, d_opt) if o is not None], cfg
+
+    def warm(self, progress: float):
+        "With `--lr-warmup-per-step`, each step's rate within the warm-up, `progress` epochs in (linear or constant)."
+        c = self.cfg
+        if not c.lr_warmup_per_step or progress >= c.lr_warmup_epochs: return
+        d = c.lr_warmup_decay
+        factor = d + (1 - d) * progress / c.lr_warmup_epochs if c.lr_warmup_method == 'linear' else d
+        for group in (g for o in self.opts for g in o.param_groups): group['lr'] = group['initial_lr'] * factor
 
     def step(self):
         "Advance both schedules by an epoch."
@@ -305,7 +314,9 @@ def train_batch(self: Trainer, x: torch.Tensor, y: torch.Tensor, done: int, xu: 
         if self.mix is not None:
             with mixing('mix-transfer'): xu = self.mix(xu, torch.zeros(len(xu), dtype=torch.long, device=dev))[0]
         xu = xu.contiguous(memory_format=fmt)
-    try: logs = self.distiller.step(x.contiguous(memory_format=fmt), y, self.epoch + done / self.epoch_steps, xu)
+    progress = self.epoch + done / self.epoch_steps                  # the epoch as a fraction: the ramp moves per step
+    self.schedules.warm(progress)
+    try: logs = self.distiller.step(x.contiguous(memory_format=fmt), y, progress, xu)
     except FloatingPointError as err:
         raise FloatingPointError(f"epoch {self.epoch}, step {self.distiller.steps + 1} (batch {done + 1}): {err}; "
                                  f"stopping. The last good checkpoint is {self.out / 'checkpoint.pt'}") from None
@@ -345,17 +356,6 @@ def log_step(self: Trainer, logs: dict, img_per_s: float):
              echo=not sys.stderr.isatty())
 
 # %% ../nbs/11_train.ipynb #4ed61a6d
-def repeat_none():
-    "Endless `(None, None, 0)`: the transfer-set batches of a run without one."
-    while True: yield None, None, 0
-
-def mean_over_ranks(sums: dict, steps: int, skipped: int, world: int) -> tuple:
-    "Per-step means of the logged sums over all ranks' steps, and the total number of skipped images."
-    keys = sorted(sums)
-    totals = torch.tensor([sums[k] for k in keys] + [steps, skipped], dtype=torch.float64)
-    if world > 1: dist.all_reduce(totals)
-    return {k: v / max(1.0, totals[-2].item()) for k, v in zip(keys, totals.tolist())}, int(totals[-1])
-
 def progress(loader, main: bool, desc: str):
     "`loader` with a tqdm bar on rank 0 when tqdm is installed and output is a terminal."
     if not main or not sys.stderr.isatty(): return loader

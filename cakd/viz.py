@@ -16,8 +16,9 @@ from .pca import qk_logits
 
 # %% auto #0
 __all__ = ['LABELS', 'PUBLISHED', 'PUBLISHED_CIFAR100', 'accuracy_plot', 'paired_gain', 'method_table', 'gain_plot',
-           'ablation_plot', 'curves_plot', 'cls_attention', 'keep_mass', 'token_attention', 'attention_figure',
-           'attention_maps', 'attention_agreement', 'load_photo', 'read_results', 'summarise', 'results_plot']
+           'ablation_plot', 'curves_plot', 'term_strength', 'cls_attention', 'keep_mass', 'token_attention',
+           'attention_figure', 'attention_maps', 'attention_agreement', 'load_photo', 'read_results', 'summarise',
+           'results_plot']
 
 # %% ../nbs/12_viz.ipynb #f15500ad
 def _seed_dots(ax, i: int, values: list, colour: str = '#08519c'):
@@ -111,6 +112,32 @@ def curves_plot(epochs: dict, keys: tuple = ('train_loss', 'val_top1')):
         ax.set_xlabel('epochs trained'); ax.set_ylabel(LABELS.get(k, k)); ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/12_viz.ipynb #1c6b8975
+def _series(records: list, key: str, floor: float | None = None) -> tuple:
+    pts = [(r['epoch'] + 1, r[key]) for r in records if key in r]
+    return tuple(zip(*[(e, max(v, floor) if floor is not None else v) for e, v in pts])) if pts else ((), ())
+
+def term_strength(records: list, title: str = 'diagnostics at each evaluation'):
+    "Gradient share (log) and cosine of each term against CE, each projector's R² and D's accuracy, over epochs."
+    keys = {k for r in records for k in r}
+    terms = [t for t in ('kd', 'attn', 'vv', 'feat', 'cls', 'adv') if f'gshare_{t}' in keys]
+    fits = [t for t in ('attn', 'vv', 'feat', 'cls') if f'r2_{t}' in keys]
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(12.6, 3.3))
+    for t in terms:
+        a.plot(*_series(records, f'gshare_{t}', 1e-6), 'o-', ms=3, label=t)
+        b.plot(*_series(records, f'gcos_{t}'), 'o-', ms=3, label=t)
+    for t in fits: c.plot(*_series(records, f'r2_{t}'), 'o-', ms=3, label=f'R² {t}')
+    if 'd_acc' in keys: c.plot(*_series(records, 'd_acc'), 'k--', label='D accuracy')
+    a.set_yscale('log'); a.axhline(1, color='grey', lw=0.8)
+    a.set_ylabel('‖∇ w·ρ·term‖ / ‖∇ CE‖ (1e-6: zero)'); b.set_ylabel('cosine with ∇ CE'); c.set_ylabel('R² / accuracy')
+    b.axhline(0, color='grey', lw=0.8); c.axhline(0, color='grey', lw=0.8)
+    for ax in (a, b, c):
+        ax.set_xlabel('epochs trained'); ax.grid(alpha=0.3)
+        if ax.lines: ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 
