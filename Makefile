@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cakd-installed
 
-.PHONY: venv test sync nbtest pytest export bench reproduce ablation imagenet cifar100 attention results lab docs readme
+.PHONY: venv test sync nbtest pytest export bench reproduce calibrate ablation imagenet cifar100 attention results lab docs readme
 
 $(STAMP): setup.py settings.ini
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -35,10 +35,15 @@ ARGS ?=
 experiment = mkdir -p $(or $(OUT),$(2)) && $(VENV)/bin/papermill nbs/experiments/$(1).ipynb \
 	$(or $(OUT),$(2))/$(1).ipynb -p output $(or $(OUT),$(2)) --log-output $(3) $(ARGS)
 
-reproduce: venv                     ## the main job on CPU defaults: runs/reproduce/results.json and figures
-	export CAKD_DEVICE=$${CAKD_DEVICE:-cpu}; $(call experiment,reproduce,runs/reproduce,)
+CALIBRATION ?= nbs/experiments/calibration.json
 
-ablation: venv                      ## CAKD with each term removed, on the runs of make reproduce: runs/ablation
+reproduce: venv                     ## the main job on CPU defaults: runs/reproduce/results.json and figures
+	export CAKD_DEVICE=$${CAKD_DEVICE:-cpu}; $(call experiment,reproduce,runs/reproduce,-p calibration $(CALIBRATION))
+
+calibrate: venv                     ## the calibrated CAKD arm's weights and tap, chosen on development seeds: $(CALIBRATION)
+	export CAKD_DEVICE=$${CAKD_DEVICE:-cpu}; $(call experiment,calibrate,runs/calibrate,-p record $(CALIBRATION))
+
+ablation: venv                      ## the calibrated CAKD with each term removed, on the runs of make reproduce
 	export CAKD_DEVICE=$${CAKD_DEVICE:-cpu}; $(call experiment,ablation,runs/ablation,)
 
 DATA ?=

@@ -15,10 +15,9 @@ import torch.nn.functional as F
 from .pca import qk_logits
 
 # %% auto #0
-__all__ = ['LABELS', 'PUBLISHED', 'PUBLISHED_CIFAR100', 'accuracy_plot', 'paired_gain', 'method_table', 'gain_plot',
-           'ablation_plot', 'curves_plot', 'term_strength', 'cls_attention', 'keep_mass', 'token_attention',
-           'attention_figure', 'attention_maps', 'attention_agreement', 'load_photo', 'read_results', 'summarise',
-           'results_plot']
+__all__ = ['LABELS', 'PUBLISHED', 'PUBLISHED_CIFAR100', 'accuracy_plot', 'method_table', 'gain_plot', 'ablation_plot',
+           'curves_plot', 'term_strength', 'cls_attention', 'keep_mass', 'token_attention', 'attention_figure',
+           'attention_maps', 'attention_agreement', 'load_photo', 'read_results', 'summarise', 'results_plot']
 
 # %% ../nbs/12_viz.ipynb #f15500ad
 def _seed_dots(ax, i: int, values: list, colour: str = '#08519c'):
@@ -48,51 +47,55 @@ def accuracy_plot(methods: dict, teacher: float | None = None, ylabel: str = 'to
     return fig
 
 # %% ../nbs/12_viz.ipynb #4300ed19
-def paired_gain(method: list, baseline: list) -> dict:
-    "Per-seed differences `method - baseline` (same seeds, same order), their mean, sd and how many are positive."
-    if len(method) != len(baseline): raise ValueError(f"{len(method)} seeds against {len(baseline)} baseline seeds")
-    d = torch.tensor(method, dtype=torch.float64) - torch.tensor(baseline, dtype=torch.float64)
-    sd = d.std().item() if len(d) > 1 else 0.0
-    return {'per_seed': d.tolist(), 'mean': d.mean().item(), 'sd': sd, 'positive': int((d > 0).sum()), 'n': len(d)}
-
 def method_table(results: dict) -> 'pd.DataFrame':
-    "One row per method of a `results.json` (and the teacher): top-1, agreement, KL, paired gain over the baseline."
+    "One row per method of a `results.json` (and the teacher): top-1, agreement, KL, each paired difference."
     import pandas as pd
     mean = lambda v: float(torch.tensor(v, dtype=torch.float64).mean()) if v else float('nan')
     sd = lambda v: float(torch.tensor(v, dtype=torch.float64).std()) if v and len(v) > 1 else 0.0
     rows = [{'method': 'teacher', 'top1': results['teacher']['top1'], 'top1 sd': 0.0, 'n': 1}]
     for m, v in results['methods'].items():
-        g = v.get('paired_gain') or {}
-        rows.append({'method': m, 'top1': mean(v['top1']), 'top1 sd': sd(v['top1']), 'n': len(v['top1']),
-                     'agreement': mean(v.get('agreement')), 'KL': mean(v.get('kl')), 'gain': g.get('mean'),
-                     'gain sd': g.get('sd'), 'gain > 0': f"{g['positive']}/{g['n']}" if g else None})
+        row = {'method': m, 'top1': mean(v['top1']), 'top1 sd': sd(v['top1']), 'n': len(v['top1']),
+               'agreement': mean(v.get('agreement')), 'KL': mean(v.get('kl'))}
+        for p in v.get('paired', []):
+            lo, hi = p['ci95']
+            row[f"− {p['against']}"] = f"{p['mean']:+.2f} [{lo:+.2f}, {hi:+.2f}] ({p['positive']}/{p['n']})"
+        rows.append(row)
     return pd.DataFrame(rows).set_index('method')
 
-def gain_plot(gains: dict, title: str = 'top-1 gain over the baseline of the same seed (points)'):
-    "Per-seed paired gains (dots) and their mean (bar) for each method; zero is the baseline."
-    fig, ax = plt.subplots(figsize=(1.8 + 1.3 * len(gains), 3))
+def gain_plot(gains: dict, title: str = 'paired top-1 difference per seed (points); whiskers: 95% interval'):
+    "Per-seed paired differences (dots), their mean (bar) and 95% interval (whiskers) for each comparison."
+    fig, ax = plt.subplots(figsize=(2.4 + 1.5 * len(gains), 3.4))
     for i, (m, g) in enumerate(gains.items()):
-        ax.bar(i, g['mean'], color='#9ecae1', yerr=g['sd'], capsize=4)
+        lo, hi = g['ci95']
+        ax.bar(i, g['mean'], color='#9ecae1', yerr=[[g['mean'] - lo], [hi - g['mean']]], capsize=4)
         ax.plot([i] * len(g['per_seed']), g['per_seed'], 'o', color='#08519c', ms=5)
     ax.axhline(0, color='k', lw=0.8)
     ax.set_xticks(range(len(gains)), [f"{m}\n({g['positive']}/{g['n']} seeds > 0)" for m, g in gains.items()],
                   fontsize=8)
-    ax.set_ylabel('gain (points)'); ax.set_title(title, fontsize=9)
+    ax.set_ylabel('difference (points)')
+    ax.set_title(title, fontsize=9, wrap=True)
     fig.tight_layout()
     return fig
 
 # %% ../nbs/12_viz.ipynb #d14c13c2
-def ablation_plot(table, columns: tuple = ('d_top1', 'd_agreement')):
+def ablation_plot(table, columns: tuple = ('d_top1', 'd_agreement'),
+                  intervals: dict | None = None,                # variant -> one (lo, hi) per column
+                  title: str = 'removing one part: paired change against the full method (points)'):
     "Horizontal bars of each variant's change (a DataFrame indexed by variant) in each of `columns`."
-    fig, axes = plt.subplots(1, len(columns), figsize=(4.5 * len(columns), 0.9 + 0.32 * len(table)), squeeze=False,
+    fig, axes = plt.subplots(1, len(columns), figsize=(4.8 * len(columns), 1.3 + 0.34 * len(table)), squeeze=False,
                              sharey=True)
-    for ax, c in zip(axes[0], columns):
+    colour = lambda x: '#d62728' if x < 0 else '#2ca02c' if x > 0 else '#7f7f7f'
+    for j, (ax, c) in enumerate(zip(axes[0], columns)):
         v = table[c].tolist()
-        ax.barh(range(len(v)), v, color=['#d62728' if x < 0 else '#2ca02c' for x in v])
+        err = None
+        if intervals: err = [[x - intervals[n][j][0] for n, x in zip(table.index, v)],
+                             [intervals[n][j][1] - x for n, x in zip(table.index, v)]]
+        ax.barh(range(len(v)), v, xerr=err, capsize=3, color=[colour(x) for x in v], edgecolor='k', lw=0.4)
         ax.axvline(0, color='k', lw=0.8)
         ax.set_yticks(range(len(v)), list(table.index), fontsize=8)
-        ax.set_xlabel(f"{c.replace('d_', 'change in ')} (points) vs the full method")
+        ax.set_xlabel(f"{c.replace('d_', 'change in ')} (points)")
     axes[0][0].set_ylim(len(table) - 0.5, -0.5)                   # first variant on top (shared by every panel)
+    fig.suptitle(title + ('; whiskers: 95% interval' if intervals else ''), fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -115,7 +118,7 @@ def curves_plot(epochs: dict, keys: tuple = ('train_loss', 'val_top1')):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/12_viz.ipynb #1c6b8975
+# %% ../nbs/12_viz.ipynb #dd794ea2
 def _series(records: list, key: str, floor: float | None = None) -> tuple:
     pts = [(r['epoch'] + 1, r[key]) for r in records if key in r]
     return tuple(zip(*[(e, max(v, floor) if floor is not None else v) for e, v in pts])) if pts else ((), ())

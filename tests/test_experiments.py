@@ -31,34 +31,72 @@ def test_exactly_one_parameters_cell_then_derived_values(nb):
 
 
 @pytest.fixture(scope='module')
-def tiny_reproduce(tmp_path_factory):
+def tiny_calibration(tmp_path_factory):
+    "`make calibrate` run for real with tiny parameters, recording its choice in a file of the test's."
+    out = tmp_path_factory.mktemp('calibrate') / 'calibrate'
+    record = out.parent / 'calibration.json'
+    args = ('-p labels_per_class 3 -p teacher_epochs 1 -p steps 2 -p batch_size 8 -p transfer_batch_size 8 '
+            '-p multipliers 1,25 -p taps layer2 -y "{dev_seeds: [100, 101]}"')
+    r = make('calibrate', out, ARGS=args, CALIBRATION=record)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
+    return out, record
+
+
+def test_make_calibrate_records_its_choice_and_grid(tiny_calibration):
+    out, record = tiny_calibration
+    sel = json.loads(record.read_text())
+    assert sel == json.loads((out / 'selection.json').read_text())
+    assert [(g['multiplier'], g['tap']) for g in sel['grid']] == [(1.0, 'layer2'), (25.0, 'layer2')]
+    best = max(sel['grid'], key=lambda g: (g['mean_top1'], -g['mean_kl']))
+    assert sel['choice'] == {'multiplier': best['multiplier'], 'student_layer': 'layer2'}
+    assert sel['dev_seeds'] == [100, 101] and all(len(g['top1']) == 2 for g in sel['grid'])
+    assert 'held-out slice of the training split' in sel['criterion'] and sel['machine']['cores'] >= 1
+    cfg = json.loads((out / 'cakd_x25_layer2_seed100' / 'config.json').read_text())
+    assert cfg['data'].endswith('dev_3_per_class') and cfg['unlabeled'].endswith('dev/train')   # never the val folder
+    assert cfg['preset']['weights']['attn'] == pytest.approx(5.0) and cfg['seed'] == 100
+
+
+@pytest.fixture(scope='module')
+def tiny_reproduce(tmp_path_factory, tiny_calibration):
     "`make reproduce` run for real with tiny parameters (the list parameter in the form the README shows)."
     out = tmp_path_factory.mktemp('reproduce') / 'reproduce'
     args = ('-p labels_per_class 3 -p teacher_epochs 1 -p steps 2 -p batch_size 8 -p transfer_batch_size 8 '
-            '-p seeds 0,1 -p methods baseline,cakd_official,cakd_paper')
-    r = make('reproduce', out, ARGS=args)
+            '-p seeds 0,1 -p arms baseline,kd_matched,cakd_official,cakd_calibrated')
+    r = make('reproduce', out, ARGS=args, CALIBRATION=tiny_calibration[1])
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
     return out
 
 
-def test_make_reproduce_with_tiny_parameters(tiny_reproduce):
+def test_make_reproduce_with_tiny_parameters(tiny_reproduce, tiny_calibration):
     out = tiny_reproduce
     res = json.loads((out / 'results.json').read_text())
     assert 0 <= res['teacher']['top1'] <= 100
-    assert set(res['methods']) == {'baseline', 'cakd_official', 'cakd_paper'}
+    assert list(res['methods']) == ['baseline', 'kd_matched', 'cakd_official', 'cakd_calibrated']
+    top1 = {m: v['top1'] for m, v in res['methods'].items()}
     for m, v in res['methods'].items():
         assert len(v['top1']) == 2 and all(0 <= a <= 100 for a in v['top1'] + v['agreement']) and min(v['kl']) >= 0
-        g = v['paired_gain']
-        assert g['n'] == 2 and g['per_seed'] == pytest.approx([a - b for a, b in zip(v['top1'],
-                                                                                   res['methods']['baseline']['top1'])])
+        against = [p['against'] for p in v['paired']]
+        assert against == ([] if m == 'baseline' else ['baseline'] + (['kd_matched'] if m.startswith('cakd') else []))
+        for p in v['paired']:
+            assert p['n'] == 2 and p['per_seed'] == pytest.approx([a - b for a, b in zip(v['top1'], top1[p['against']])])
+            assert p['ci95'][0] <= p['mean'] <= p['ci95'][1] or p['sd'] != p['sd']       # an interval (nan: no spread)
+    sel = res['protocol']['selection']
+    assert sel['file'] == str(tiny_calibration[1]) and not set(sel['dev_seeds']) & set(res['protocol']['test_seeds'])
+    assert {'gshare_kd', 'gcos_attn', 'r2_attn', 'd_acc'} <= set(res['methods']['cakd_official']['diagnostics'])
+    assert set(res['methods']['kd_matched']['diagnostics']) == {'gshare_kd', 'gcos_kd'}
+    assert res['verdict'].startswith('cakd_official ') and 'over matched logits KD' in res['verdict']
+    assert {'cpu', 'cores', 'torch', 'numpy', 'torch_threads'} <= set(res['machine'])
     p = res['protocol']
     assert (p['labels_per_class'], p['labelled_images'], p['transfer_set_size'], p['student_tap']) == (3, 30, 1438,
                                                                                                          'layer2')
     assert res['params']['seeds'] == [0, 1] and len(res['git_sha'] or '') in (0, 40)
-    official = json.loads((out / 'cakd_official_seed0' / 'config.json').read_text())
-    assert official['unlabeled'].endswith('digits/train') and official['student_layer'] == 'layer2'
-    assert json.loads((out / 'baseline_seed0' / 'config.json').read_text())['unlabeled'] == ''
-    for fig in ('accuracy.png', 'gain.png', 'curves.png', 'attention.png'):
+    configs = {a: json.loads((out / f'{a}_seed0' / 'config.json').read_text()) for a in res['methods']}
+    assert configs['cakd_official']['unlabeled'].endswith('digits/train') and configs['baseline']['unlabeled'] == ''
+    assert configs['cakd_calibrated']['student_layer'] == sel['choice']['student_layer']
+    same = {k for k in configs['baseline'] if all(c[k] == configs['baseline'][k] for c in configs.values())}
+    assert {'epochs', 'lr', 'weight_decay', 'norm_weight_decay', 'batch_size', 'seed'} <= same    # one recipe
+    assert configs['kd_matched']['preset']['ramp'] == configs['cakd_official']['preset']['ramp']
+    for fig in ('accuracy.png', 'gain.png', 'diagnostics_cakd_official.png', 'attention.png'):
         assert (out / fig).stat().st_size > 5000
     executed = json.loads((out / 'reproduce.ipynb').read_text())
     assert executed['metadata']['papermill']['parameters']['teacher_epochs'] == 1
@@ -66,15 +104,20 @@ def test_make_reproduce_with_tiny_parameters(tiny_reproduce):
 
 def test_ablation_on_the_tiny_reproduction(tiny_reproduce, tmp_path):
     out = tmp_path / 'ablation'
-    r = make('ablation', out, ARGS=f'-p reproduce {tiny_reproduce} -p official_terms kd,adv -p paper_parts swap '
+    r = make('ablation', out, ARGS=f'-p reproduce {tiny_reproduce} -p terms attn,adv -p paper_parts swap '
                                    '-y "{seeds: [1]}"')
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((out / 'results.json').read_text())
-    assert [r['variant'] for r in res['variants']] == ['official - kd', 'official - adv', 'paper - swap']
-    full = json.loads((tiny_reproduce / 'results.json').read_text())['methods']['cakd_official']['top1'][1]
-    assert res['variants'][0]['d_top1'] == pytest.approx(res['variants'][0]['top1'] - full)
-    cfg = json.loads((out / 'official_no_kd_seed1' / 'config.json').read_text())
-    assert cfg['preset']['weights']['kd'] == 0 and cfg['preset']['weights']['attn'] == 0.2 and cfg['seed'] == 1
+    assert list(res['variants']) == ['cakd_calibrated − attn', 'cakd_calibrated − adv', 'cakd_paper − swap']
+    full = json.loads((tiny_reproduce / 'results.json').read_text())['methods']['cakd_calibrated']['top1'][1]
+    v = res['variants']['cakd_calibrated − attn']
+    assert v['paired_top1']['per_seed'] == pytest.approx([v['top1'][0] - full])
+    assert v['paired_top1']['against'] == 'cakd_calibrated' and v['paired_top1']['n'] == 1
+    cfg = json.loads((out / 'cakd_calibrated_no_attn_seed1' / 'config.json').read_text())
+    ref = json.loads((tiny_reproduce / 'cakd_calibrated_seed1' / 'config.json').read_text())
+    assert cfg['preset']['weights']['attn'] == 0 and cfg['seed'] == 1
+    assert {k: v for k, v in cfg.items() if k not in ('preset', 'output')} == \
+        {k: v for k, v in ref.items() if k not in ('preset', 'output')}
     assert (out / 'ablation.png').stat().st_size > 5000
     with pytest.raises(pm.PapermillExecutionError, match='run `make reproduce` first'):
         pm.execute_notebook(str(ROOT / 'nbs/experiments/ablation.ipynb'), str(tmp_path / 'x.ipynb'), cwd=str(ROOT),
