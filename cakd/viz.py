@@ -129,10 +129,11 @@ def term_strength(records: list, title: str = 'diagnostics at each evaluation'):
     terms = [t for t in ('kd', 'attn', 'vv', 'feat', 'cls', 'adv') if f'gshare_{t}' in keys]
     fits = [t for t in ('attn', 'vv', 'feat', 'cls') if f'r2_{t}' in keys]
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(12.6, 3.3))
+    colour = dict(zip(('kd', 'attn', 'vv', 'feat', 'cls', 'adv'), ('C0', 'C1', 'C2', 'C3', 'C4', 'C5')))   # per term
     for t in terms:
-        a.plot(*_series(records, f'gshare_{t}', 1e-6), 'o-', ms=3, label=t)
-        b.plot(*_series(records, f'gcos_{t}'), 'o-', ms=3, label=t)
-    for t in fits: c.plot(*_series(records, f'r2_{t}'), 'o-', ms=3, label=f'R² {t}')
+        a.plot(*_series(records, f'gshare_{t}', 1e-6), 'o-', ms=3, color=colour[t], label=t)
+        b.plot(*_series(records, f'gcos_{t}'), 'o-', ms=3, color=colour[t], label=t)
+    for t in fits: c.plot(*_series(records, f'r2_{t}'), 'o-', ms=3, color=colour[t], label=f'R² {t}')
     if 'd_acc' in keys: c.plot(*_series(records, 'd_acc'), 'k--', label='D accuracy')
     a.set_yscale('log'); a.axhline(1, color='grey', lw=0.8)
     a.set_ylabel('‖∇ w·ρ·term‖ / ‖∇ CE‖ (1e-6: zero)'); b.set_ylabel('cosine with ∇ CE'); c.set_ylabel('R² / accuracy')

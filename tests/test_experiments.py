@@ -78,7 +78,8 @@ def test_make_reproduce_with_tiny_parameters(tiny_reproduce, tiny_calibration):
         against = [p['against'] for p in v['paired']]
         assert against == ([] if m == 'baseline' else ['baseline'] + (['kd_matched'] if m.startswith('cakd') else []))
         for p in v['paired']:
-            assert p['n'] == 2 and p['per_seed'] == pytest.approx([a - b for a, b in zip(v['top1'], top1[p['against']])])
+            expected = [a - b for a, b in zip(v['top1'], top1[p['against']])]
+            assert p['n'] == 2 and p['per_seed'] == pytest.approx(expected)
             assert p['ci95'][0] <= p['mean'] <= p['ci95'][1] or p['sd'] != p['sd']       # an interval (nan: no spread)
     sel = res['protocol']['selection']
     assert sel['file'] == str(tiny_calibration[1]) and not set(sel['dev_seeds']) & set(res['protocol']['test_seeds'])
