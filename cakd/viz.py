@@ -136,7 +136,9 @@ def term_strength(records: list, title: str = 'diagnostics at each evaluation'):
     for t in fits: c.plot(*_series(records, f'r2_{t}', -1.0), 'o-', ms=3, color=colour[t], label=f'R² {t}')
     if 'd_acc' in keys: c.plot(*_series(records, 'd_acc'), 'k--', label='D accuracy')
     a.set_yscale('log'); a.axhline(1, color='grey', lw=0.8)
-    a.set_ylabel('‖∇ w·ρ·term‖ / ‖∇ CE‖ (1e-6: zero)'); b.set_ylabel('cosine with ∇ CE'); c.set_ylabel('R² (below −1: at −1) / accuracy')
+    a.set_ylabel('‖∇ w·ρ·term‖ / ‖∇ CE‖ (1e-6: zero)')
+    b.set_ylabel('cosine with ∇ CE')
+    c.set_ylabel('R² (below −1: at −1) / accuracy')
     b.axhline(0, color='grey', lw=0.8); c.axhline(0, color='grey', lw=0.8)
     for ax in (a, b, c):
         ax.set_xlabel('epochs trained'); ax.grid(alpha=0.3)
