@@ -114,12 +114,17 @@ def teacher_classes(cfg: TrainConfig) -> int | None:
 def check_teacher_classes(cfg: TrainConfig, num_classes: int) -> None:
     "Refuse a teacher whose head does not match the dataset's `num_classes` (unless `--class-map` says how)."
     if get_method(cfg.method).finetunes: return                    # its head is replaced for these classes
+    if cfg.class_map == 'ignore' and cfg.preset.uses('kd'):
+        raise ValueError(f"--class-map ignore leaves the teacher's logits unused, but --method {cfg.method} distils "
+                         f"them (weight {cfg.preset.weights['kd']:g}): add --preset.weights.kd 0, or map the classes "
+                         "with --class-map [t0,t1,...] (the teacher class of each dataset class)")
+    if cfg.class_map not in (None, 'ignore'): read_class_map(cfg)  # a bad map fails here, before anything is built
     t = teacher_classes(cfg)
     if t is not None and cfg.class_map is None and t != num_classes:
         raise ValueError(f"the teacher {cfg.teacher} predicts {t} classes but {cfg.data or 'the data'} has "
-                         f"{num_classes} "
-                         f"classes: fine-tune the teacher on these classes, or pass --class-map (a JSON list of the "
-                         f"teacher class of each dataset class) or --class-map ignore (no logits distillation)")
+                         f"{num_classes} classes: fine-tune the teacher on these classes (--method finetune), map "
+                         f"them with --class-map [t0,t1,...] (the teacher class of each dataset class, inline or in "
+                         f"a JSON file), or pass --class-map ignore --preset.weights.kd 0 (no logits distillation)")
 
 # %% ../nbs/10_build.ipynb #bf15b233
 def build_student(cfg: TrainConfig, num_classes: int) -> nn.Module:
@@ -130,11 +135,17 @@ def build_student(cfg: TrainConfig, num_classes: int) -> nn.Module:
     return torchvision.models.get_model(cfg.model, num_classes=num_classes, **cfg.model_options)
 
 def read_class_map(cfg: TrainConfig):
-    "The `class_map` argument of `Distiller` from `--class-map` (a JSON file, 'ignore' or None)."
+    "The `class_map` argument of `Distiller` from `--class-map`: inline JSON, a JSON file, 'ignore' or None."
     if cfg.class_map in (None, 'ignore'): return cfg.class_map
-    path = Path(cfg.class_map)
-    if not path.is_file(): raise FileNotFoundError(f"--class-map {path}: no such file")
-    return json.loads(path.read_text())
+    text, path = cfg.class_map.strip(), Path(cfg.class_map)
+    if not text.startswith('[') and not path.is_file():
+        raise FileNotFoundError(f"--class-map {cfg.class_map}: neither a JSON list (e.g. [3,1,4]) nor a file")
+    where = 'inline' if text.startswith('[') else str(path)
+    try: value = json.loads(text if text.startswith('[') else path.read_text())
+    except json.JSONDecodeError as e: raise ValueError(f"--class-map ({where}): not JSON: {e}") from None
+    if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
+        raise ValueError(f"--class-map ({where}): expected a JSON list of teacher classes, got {str(value)[:60]}")
+    return value
 
 def build_distiller(cfg: TrainConfig, num_classes: int, student_norm: tuple = (IMAGENET_MEAN, IMAGENET_STD),
                     sync_bn: bool = False) -> Distiller:

@@ -8,18 +8,23 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
+import shutil
+import sys
 import textwrap
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .presets import (ALIASES, DATASET_PRESETS, DATASETS, PRESETS, Preset, Ramp, check_choice, check_known,
-                          get_preset, merge_changes, preset_for_run)
+                          get_preset, merge_changes, nearest, preset_for_run)
 
 # %% auto #0
-__all__ = ['METHODS', 'DATASET_RECIPES', 'CHOICES', 'GROUPS', 'EXAMPLES', 'Method', 'get_method', 'method_preset',
-           'recipe', 'MethodOptions', 'ModelOptions', 'DataOptions', 'AugmentOptions', 'OptimOptions', 'SpeedOptions',
-           'RunOptions', 'check_schedule', 'check_config', 'TrainConfig', 'converter', 'add_preset_flags',
-           'preset_changes', 'method_table', 'kd_settings', 'build_parser', 'read_yaml', 'parse_config', 'to_argv']
+__all__ = ['METHODS', 'DATASET_RECIPES', 'CHOICES', 'GROUPS', 'EXAMPLES', 'HIDDEN', 'Method', 'get_method',
+           'method_preset', 'recipe', 'MethodOptions', 'ModelOptions', 'DataOptions', 'AugmentOptions', 'OptimOptions',
+           'SpeedOptions', 'RunOptions', 'check_schedule', 'check_config', 'TrainConfig', 'converter',
+           'add_preset_flags', 'preset_changes', 'help_width', 'recipe_table', 'method_table', 'kd_settings',
+           'HelpFormatter', 'Parser', 'shown_default', 'build_parser', 'read_yaml', 'preset_flag', 'parse_config',
+           'to_argv']
 
 # %% ../nbs/08_config.ipynb #04a7f313
 @dataclass(frozen=True)
@@ -64,7 +69,9 @@ DATASET_RECIPES = {'cifar10': _CIFAR, 'cifar100': _CIFAR}
 
 def get_method(name: str) -> Method:
     "The registered method `name` (or its alias)."
-    return METHODS[check_choice(ALIASES.get(name, name), METHODS, 'method')]
+    key = str(name).lower().replace('-', '_')               # CAKD, cakd-official: the same methods
+    key = check_choice(ALIASES.get(key, key), [*METHODS, *ALIASES], 'method')
+    return METHODS[ALIASES.get(key, key)]
 
 def method_preset(method: str, dataset: str = 'imagefolder') -> Preset:
     "The loss preset of `method` on `dataset` (KD and DKD take mdistiller's CIFAR settings on CIFAR)."
@@ -89,7 +96,8 @@ class MethodOptions:
     "method and preset"
     method: str = _opt('cakd_official', 'the method: its recipe sets the defaults, its preset the loss terms')
     preset: Preset = _opt(METHODS['cakd_official'].preset, "the method's loss preset (--preset.FIELD changes one)")
-    class_map: str | None = _opt(None, 'JSON file of the teacher class of each dataset class, or "ignore"')
+    class_map: str | None = _opt(None, 'the teacher class of each dataset class: a JSON list (e.g. [3,1,4]) or a JSON '
+                                 'file of one, or "ignore" (teacher logits unused; needs --preset.weights.kd 0)')
 
 # %% ../nbs/08_config.ipynb #435aced5
 @dataclass
@@ -331,40 +339,59 @@ def preset_changes(ns: argparse.Namespace) -> dict:
 # %% ../nbs/08_config.ipynb #9b9b4323
 EXAMPLES = """examples:
   # ImageNet, the official CAKD recipe, 8 GPUs on one node
-  torchrun --nproc_per_node=8 -m cakd.cli --data /data/imagenet --output runs/cakd_official
+  torchrun --nproc_per_node=8 -m cakd.cli --data /data/imagenet \\
+      --output runs/cakd_official
 
   # the same on 2 nodes of 8 GPUs (run on each node with its --node_rank)
-  torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=10.0.0.1 --master_port=29500 \\
+  torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 \\
+      --master_addr=10.0.0.1 --master_port=29500 \\
       -m cakd.cli --data /data/imagenet --output runs/cakd_2nodes
 
-  # CIFAR-100 on one GPU: fine-tune the teacher, then distil with its paper recipe
-  cakd-train --method finetune --dataset cifar100 --data data/cifar --download --output runs/vit_cifar100
-  cakd-train --method dkd --dataset cifar100 --data data/cifar --model resnet18 \\
-      --teacher-weights runs/vit_cifar100/teacher.pt --output runs/cifar100_dkd
+  # CIFAR-100 on one GPU: fine-tune the teacher, then distil with DKD
+  cakd-train --method finetune --dataset cifar100 --data data/cifar \\
+      --download --output runs/vit_cifar100
+  cakd-train --method dkd --dataset cifar100 --data data/cifar \\
+      --model resnet18 --teacher-weights runs/vit_cifar100/teacher.pt \\
+      --output runs/cifar100_dkd
 
   # a CPU smoke run on a small ImageFolder
-  cakd-train --data runs/digits --output runs/smoke --device cpu --model resnet18 --epochs 1 --batch-size 16 \\
-      --workers 0 --teacher timm:vit_tiny_patch16_224 --teacher-weights none \\
+  cakd-train --data runs/digits --output runs/smoke --device cpu \\
+      --model resnet18 --epochs 1 --batch-size 16 --workers 0 \\
+      --teacher timm:vit_tiny_patch16_224 --teacher-weights none \\
       --teacher-options '{"img_size": 32, "patch_size": 4, "num_classes": 10}'
 """
 
-def method_table() -> str:
-    "The registered methods and, in one table, the recipe defaults each sets, as the epilogue of `--help` shows them."
-    names = list(METHODS)
-    summaries = '\n'.join(f"  {m.name:14s} {m.summary}" for m in METHODS.values())
+def help_width() -> int:
+    "The width `--help` is laid out at: the terminal's ($COLUMNS) less 2, as argparse's own, and at least 60."
+    return max(shutil.get_terminal_size().columns - 2, 60)
+
+def recipe_table(width: int) -> list:
+    "The recipe defaults of every method as table rows no wider than `width`, in as many blocks of methods as needed."
     keys = list(dict.fromkeys(k for m in METHODS.values() for k in m.recipe))
-    width = [max(len(n), *(len(str(m.recipe.get(k, ''))) for k in keys)) for n, m in METHODS.items()]
-    row = lambda first, cells: f"  {first:18s} " + '  '.join(f'{c:{w}s}' for c, w in zip(cells, width))
-    table = [row('option', names)] + [row(k, [str(METHODS[n].recipe.get(k, '')) for n in names]) for k in keys]
+    cell = lambda n, k: str(METHODS[n].recipe.get(k, ''))
+    wide = {n: max(len(n), *(len(cell(n, k)) for k in keys)) for n in METHODS}
+    first = max(len('option'), *map(len, keys)) + 3
+    blocks, block = [], []
+    for n in METHODS:                                      # greedy: as many methods as fit beside the option names
+        if block and first + sum(wide[b] + 2 for b in [*block, n]) > width: blocks.append(block); block = []
+        block.append(n)
+    rows = []
+    for block in [*blocks, block]:
+        row = lambda head, cells: (f"  {head:{first - 2}s}" + '  '.join(f'{c:{wide[n]}s}' for c, n in zip(cells, block)))
+        rows += ([''] if rows else []) + [row('option', block)] + [row(k, [cell(n, k) for n in block]) for k in keys]
+    return [r.rstrip() for r in rows]
+
+def method_table(width: int = 118) -> str:
+    "The registered methods and the recipe defaults each sets, as the epilogue of `--help` shows them at `width`."
+    summaries = [f"  {m.name:14s} {m.summary}" for m in METHODS.values()]
     cifar_recipe = ', '.join(f'{k} {v}' for k, v in DATASET_RECIPES['cifar100'].items())
-    cifar = textwrap.fill("with --dataset cifar10 or cifar100, every method but finetune takes the CIFAR recipe "
-                          f"(METHOD.md §7.14) instead: {cifar_recipe}", 118, subsequent_indent='  ')
-    about = textwrap.fill("recipe defaults each method sets (the official ImageNet recipes, METHOD.md §3.7; flags "
-                          "override them). They assume 8 processes of --batch-size 32: --ra-reps 4 spreads each "
-                          "image's copies over the processes, and on fewer processes a batch holds the same image "
-                          "several times (the run warns).", 118)
-    return ("methods (--method; `cakd` = cakd_official):\n" + summaries + "\n\n" + about + '\n' + '\n'.join(table)
-            + '\n\n' + cifar + '\n\n' + kd_settings())
+    cifar = ("with --dataset cifar10 or cifar100, every method but finetune takes the CIFAR recipe "
+             f"(METHOD.md §7.14) instead: {cifar_recipe}")
+    about = ("recipe defaults each method sets (the official ImageNet recipes, METHOD.md §3.7; flags override them). "
+             "They assume 8 processes of --batch-size 32: --ra-reps 4 spreads each image's copies over the "
+             "processes, and on fewer processes a batch holds the same image several times (the run warns).")
+    head = f"methods (--method, in any case, with dashes or underscores; {', '.join(ALIASES)} = cakd_official):"
+    return '\n'.join([head, *summaries, '', about, '', *recipe_table(width), '', cifar, '', kd_settings()])
 
 def kd_settings() -> str:
     "KD's and DKD's loss settings per dataset (mdistiller's), as `--help` lists them."
@@ -378,23 +405,66 @@ def kd_settings() -> str:
     return '\n'.join([head, *lines])
 
 # %% ../nbs/08_config.ipynb #25432c70
+class HelpFormatter(argparse.HelpFormatter):
+    "Options two spaces in, help beside them; prose lines filled to the width, indented lines (tables) kept."
+    def __init__(self, prog: str): super().__init__(prog, max_help_position=32, width=help_width())
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        out = []
+        for line in text.splitlines():
+            lead = re.match(r'\s+\S+\s+', line)                 # an indented row: continue under its second column
+            hang = len(lead.group()) if lead else 0
+            wrap = textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent + ' ' * hang,
+                                 break_on_hyphens=False)
+            out.append(indent + line if len(indent + line) <= width else wrap)
+        return '\n'.join(out)
+
+    def _split_lines(self, text: str, width: int) -> list:
+        "An option's help wrapped without splitting `[default: X]` or a --flag at its dashes."
+        lines = textwrap.wrap(text.replace('[default: ', '[default:\0'), width, break_on_hyphens=False)
+        return [line.replace('\0', ' ') for line in lines]
+
+class Parser(argparse.ArgumentParser):
+    "An argument parser whose errors are one line naming the nearest flag, not a page of usage."
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {self.explain(message)}\n(`{self.prog} --help` lists every option)\n")
+
+    def explain(self, message: str) -> str:
+        "argparse's `message`, with the nearest real flag named after each unknown one."
+        if not message.startswith('unrecognized arguments: '): return message
+        flags = [a.split('=')[0] for a in message.split(': ', 1)[1].split() if a.startswith('--')]
+        known = [o for o in self._option_string_actions if o.startswith('--')]
+        hints = []
+        for f in flags:
+            if f == '--preset': hints.append(f"--preset is not an option: --method chooses the preset "
+                                             f"({', '.join(METHODS)}), --preset.FIELD VALUE changes one of its fields")
+            elif nearest(f, known): hints.append(f"{f}: did you mean {nearest(f, known)}?")
+        return message + (f" ({'; '.join(hints)})" if hints else '')
+
+def shown_default(help: str, default) -> str:
+    "' [default: X]' after an option's help, unless the help says it or there is nothing to show."
+    if default in (None, '', {}, []) or 'default' in help: return ''
+    if isinstance(default, bool): return f" [default: {'on' if default else 'off'}]"
+    return f" [default: {json.dumps(default) if isinstance(default, dict) else default}]"
+
 def build_parser(defaults: TrainConfig | None = None) -> argparse.ArgumentParser:
     "The `cakd-train` argument parser; `defaults` (a method's recipe, a YAML file) replace the field defaults."
     d = defaults or TrainConfig()
-    p = argparse.ArgumentParser(prog='cakd-train', allow_abbrev=False, epilog=method_table() + '\n\n' + EXAMPLES,
-                                description='Train a CNN student by baseline, KD, DKD, logits KD or CAKD, or '
-                                'fine-tune its ViT teacher (--method finetune).',
-                                formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, 36))
+    p = Parser(prog='cakd-train', allow_abbrev=False, formatter_class=HelpFormatter,
+               usage='%(prog)s [--method METHOD] [--data DIR] [--output DIR] [OPTION ...]',
+               epilog=method_table(help_width()) + '\n\n' + EXAMPLES,
+               description='Train a CNN student by baseline, KD, DKD, logits KD or CAKD, or fine-tune its ViT '
+                           'teacher (--method finetune).')
     p.add_argument('--config', metavar='YAML', help='YAML file of options (flags given here override it)')
     for group in GROUPS:
         g = p.add_argument_group(group.__doc__)
         for f in dataclasses.fields(group):
             if f.name == 'preset': continue
             flag, default, help = '--' + f.name.replace('_', '-'), getattr(d, f.name), f.metadata['help']
-            if f.name in CHOICES: help += f" ({', '.join(map(str, CHOICES[f.name]))})"
-            if f.name == 'method': help += f" ({', '.join(METHODS)})"
-            shown = json.dumps(default) if isinstance(default, dict) else default
-            if help != argparse.SUPPRESS: help += f' [default: {shown}]'
+            if f.name in CHOICES and not all(str(c) in help for c in CHOICES[f.name]):
+                help += f" ({', '.join(map(str, CHOICES[f.name]))})"
+            if f.name == 'method': help += f" ({', '.join([*METHODS, *ALIASES])})"
+            if help != argparse.SUPPRESS: help += shown_default(help, default)
             if f.type == 'bool': g.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help)
             else: g.add_argument(flag, type=converter(f.type), default=default, help=help, metavar=f.name.upper())
     add_preset_flags(p)
@@ -411,7 +481,7 @@ def read_yaml(path: str | Path) -> dict:
         raise ValueError(f"{path}: expected a mapping of option: value, got {type(raw).__name__}")
     opts = {k.replace('-', '_'): v for k, v in raw.items()}
     types = {f.name: f.type for f in fields(TrainConfig)}
-    check_known(opts, types, 'option', f'{path}: ')
+    check_known(opts, types, 'option', f'{path}: ', hidden=HIDDEN)
     for k, v in opts.items():
         if k in ('preset', 'method') or v is None or isinstance(v, (dict, list)): continue
         try: opts[k] = converter(types[k])(str(v))
@@ -419,8 +489,17 @@ def read_yaml(path: str | Path) -> dict:
             raise ValueError(f"{path}: {k}: expected {types[k]}, got {v!r}") from None
     return opts
 
+HIDDEN = [f.name for f in fields(TrainConfig) if f.metadata['help'] == argparse.SUPPRESS]   # for tests, not users
+
+def preset_flag(arg: str) -> str:
+    "`--preset.swap-p 0.25` as `--preset.swap_p 0.25`: preset fields take dashes like every other flag."
+    if not arg.startswith('--preset.'): return arg
+    flag, eq, value = arg.partition('=')
+    return '--' + flag[2:].replace('-', '_') + eq + value
+
 def parse_config(argv: list | None = None) -> TrainConfig:
     "A checked `TrainConfig` from a method's recipe, an optional YAML file and command-line flags."
+    argv = [preset_flag(a) for a in (sys.argv[1:] if argv is None else argv)]
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument('--config'); pre.add_argument('--method'); pre.add_argument('--dataset')
     known, _ = pre.parse_known_args(argv)

@@ -93,7 +93,8 @@ def check_class_map(class_map, student_classes: int, teacher_classes: int, prese
     if class_map == 'ignore':
         if preset.uses('kd'):
             raise ValueError(f"class_map='ignore' drops the teacher's logits, but preset {preset.name!r} distils them "
-                             f"(kd weight {preset.weights['kd']}); pass a class_map or set weights={{'kd': 0}}")
+                             f"(kd weight {preset.weights['kd']}); pass a class_map, or turn the logits term off (weights={{'kd': 0}}; "
+                             "on the command line --preset.weights.kd 0)")
         return None
     if class_map is None:
         if ks != kt:
@@ -306,9 +307,18 @@ def student_copy(self: Distiller) -> nn.Module:
     "A deep copy of the plain student, without the tap's hooks (e.g. for an EMA)."
     return self.tap.copy_model()
 
+@patch(as_prop=True)
+def compares_logits(self: Distiller) -> bool:
+    "Whether the teacher's logits are in the student's classes, so that agreement and KL between them mean something."
+    if self.teacher is None: return False
+    return self.class_map is not None or self.teacher.num_classes == self.tap.num_classes
+
 @patch
 def teacher_logits(self: Distiller, x: torch.Tensor) -> torch.Tensor:
     "The teacher's logits of student batch `x`, in the student's classes (through `class_map`)."
+    if not self.compares_logits:
+        raise ValueError(f"the teacher's classes are not the student's ({self.teacher and self.teacher.num_classes} "
+                         f"and {self.tap.num_classes}, class_map='ignore'): its logits cannot be read as theirs")
     logits = self.teacher(x).logits
     return logits if self.class_map is None else logits[:, self.class_map]
 

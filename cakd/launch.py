@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import ast
-import difflib
 import json
 import os
 import signal
@@ -22,6 +21,7 @@ from .build import check_teacher_classes, teacher_classes
 from .config import TrainConfig, to_argv
 from .runs import read_records, recorded_teacher
 from .core import DeviceError, resolve_device
+from .presets import did_you_mean
 from .datasets import download_dataset, open_dataset
 
 # %% auto #0
@@ -201,9 +201,7 @@ def check_parameters(namespace: dict) -> dict:
     problems = []
     for name in given:
         if name not in defaults:
-            near = difflib.get_close_matches(name, defaults, 1)
-            problems.append(f"{name} is not a parameter of this notebook"
-                            + (f" (did you mean {near[0]}?)" if near else ''))
+            problems.append(f"{name} is not a parameter of this notebook{did_you_mean(name, defaults)}")
     values = {}
     for name, default in defaults.items():
         try: values[name] = check_value(name, namespace.get(name, default), default)

@@ -12,26 +12,41 @@ from typing import Iterable
 
 # %% auto #0
 __all__ = ['KD_KINDS', 'ATTENTION_TARGETS', 'PCA_MODES', 'DISCRIMINATORS', 'RESAMPLING', 'LOSS_TERMS', 'PRESETS',
-           'ALIASES', 'DATASETS', 'DATASET_PRESETS', 'check_choice', 'check_known', 'Ramp', 'Preset', 'get_preset',
-           'merge_changes', 'preset_for_run']
+           'ALIASES', 'DATASETS', 'DATASET_PRESETS', 'nearest', 'did_you_mean', 'check_choice', 'check_known', 'Ramp',
+           'Preset', 'get_preset', 'merge_changes', 'preset_for_run']
 
 # %% ../nbs/05a_presets.ipynb #558a508b
+def nearest(name: str, valid: Iterable[str]) -> str | None:
+    "The valid name closest to `name` (ignoring case, dashes and underscores), or None if none is close."
+    key = lambda s: str(s).lower().replace('-', '_')
+    valid = [v for v in valid if v is not None]
+    by_key = {key(v): v for v in valid}
+    near = difflib.get_close_matches(key(name), list(by_key), 1)
+    return by_key[near[0]] if near else None
+
+def did_you_mean(name: str, valid: Iterable[str]) -> str:
+    "' (did you mean X?)' for the valid name closest to `name`, or ''."
+    near = nearest(name, valid)
+    return f" (did you mean {near}?)" if near is not None else ''
+
 def check_choice(value: str, choices: Iterable[str], what: str) -> str:
-    "Return `value` if it is one of `choices`, else raise a `ValueError` naming `what` and the valid values."
+    "Return `value` if it is one of `choices`, else raise a `ValueError` naming `what`, the nearest and the valid values."
     choices = list(choices)
     if value not in choices:
-        raise ValueError(f"unknown {what} {value!r}; valid values are: {', '.join(map(str, choices))}")
+        raise ValueError(f"unknown {what} {value!r}{did_you_mean(value, choices)}; valid values are: "
+                         f"{', '.join(map(str, choices))}")
     return value
 
-def check_known(names: Iterable[str], valid: Iterable[str], what: str, where: str = '') -> None:
-    "Raise a `ValueError` naming the `names` not in `valid` (with a 'did you mean' hint) and listing the valid ones."
-    valid = list(valid)
+def check_known(names: Iterable[str], valid: Iterable[str], what: str, where: str = '',
+                hidden: Iterable[str] = ()) -> None:
+    "Raise a `ValueError` naming the `names` not in `valid`, each with its nearest, and listing the valid ones."
+    valid, hidden = list(valid), set(hidden)             # hidden: accepted, but neither suggested nor listed
+    shown = [v for v in valid if v not in hidden]
     bad = [n for n in names if n not in valid]
     if not bad: return
-    near = {n: difflib.get_close_matches(n, valid, 1) for n in bad}
-    hint = '; '.join(f"{n!r}: did you mean {m[0]!r}?" for n, m in near.items() if m)
+    hint = '; '.join(f"{n!r}: did you mean {nearest(n, shown)!r}?" for n in bad if nearest(n, shown))
     raise ValueError(f"{where}unknown {what}(s) {bad}" + (f" ({hint})" if hint else '')
-                     + f"; valid {what}s are: {', '.join(valid)}")
+                     + f"; valid {what}s are: {', '.join(shown)}")
 
 # %% ../nbs/05a_presets.ipynb #673ea299
 @dataclass(frozen=True)

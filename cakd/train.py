@@ -228,7 +228,7 @@ class Trainer:
                                                                  self.source)
         (self.train_ds, self.transfer), (self.sampler, self.transfer_sampler) = (
             (train, self.sampler) if cfg.unlabeled else ((train, None), (self.sampler, None)))
-        teacher = d.teacher_logits if d.teacher is not None else None
+        teacher = d.teacher_logits if d.compares_logits else None      # no agreement or KL across class sets
         self.evaluate = Evaluator(val, env.device, len(self.classes), env.world, teacher, d.autocast)
         self.mix = batch_mix(len(self.classes), cfg.mixup_alpha, cfg.cutmix_alpha)
         self.schedules, self.stop = Schedules(d.opt, d.d_opt, cfg), StopFlag(env.world)
@@ -429,7 +429,10 @@ def announce(self: Trainer):
             f"{ramp.plateau_epoch:.3g} of {c.epochs}")
     for w in run_warnings(c, e.world) if e.main else []: say(f"warning: {w}")
     if e.main: (self.out / 'config.json').write_text(json.dumps(c.to_dict(), indent=1))
-    if c.check_teacher and self.epoch == 0 and d.teacher is not None:
+    if d.teacher is not None and not d.compares_logits:
+        say(f"the teacher predicts {d.teacher.num_classes} classes and the data has {len(self.classes)} "
+            "(--class-map ignore): no agreement, KL or teacher accuracy is measured")
+    if c.check_teacher and self.epoch == 0 and d.compares_logits:
         scores = self.evaluate(d.teacher_logits, next(iter(self.evaluate.loaders)))
         self.log({'event': 'teacher', **{f'teacher_{k}': v for k, v in scores.items()}})
 

@@ -1,7 +1,13 @@
 """`cakd-train --help` without torch: the command's entry point parses before anything heavy is imported."""
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from cakd.config import parse_config
 
 CHECK = '''
 import sys
@@ -31,3 +37,53 @@ def test_console_script_points_at_the_light_entry():
     r = subprocess.run([Path(sys.executable).parent / 'cakd-train', '--help'], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0 and r.stdout.startswith('usage: cakd-train')
+
+
+def help_at(columns: int) -> list:
+    r = subprocess.run([Path(sys.executable).parent / 'cakd-train', '--help'], capture_output=True, text=True,
+                       timeout=60, env={**os.environ, 'COLUMNS': str(columns)})
+    assert r.returncode == 0, r.stderr
+    return r.stdout.splitlines()
+
+
+@pytest.mark.parametrize('columns', [80, 120])
+def test_help_fits_the_terminal(columns):
+    lines = help_at(columns)
+    over = [line for line in lines if len(line) > columns]
+    assert not over, over                                          # not even the recipe table or the examples
+    indent = lambda line: len(line) - len(line.lstrip())
+    epilog = next(i for i, line in enumerate(lines) if line.startswith('methods (--method'))
+    options = [line for line in lines[:epilog] if line.lstrip().startswith('--') and indent(line) < 32]
+    assert len(options) >= 100 and all(indent(line) == 2 for line in options), options[:3]       # two spaces in
+    helped = [re.match(r'  (\S+(?: \S+)*)  +(\S)', line) for line in options]   # option and help on one line
+    assert {m.start(2) for m in helped if m} == {32}                                          # one help column
+    assert lines[0].startswith('usage: cakd-train') and lines[1] == ''                         # a one-line usage
+    text = '\n'.join(lines)
+    assert '[default: None]' not in text and '[default: ]' not in text and '[default: {}]' not in text
+    assert sum(line.startswith('  option ') for line in lines) == (2 if columns == 80 else 1)   # the table in blocks
+
+
+def parse_error(capsys, *argv) -> str:
+    with pytest.raises(SystemExit) as exit:
+        parse_config(list(argv))
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) <= 2, err                         # one line and a pointer to --help, no usage dump
+    return err
+
+
+def test_misspelt_flags_name_the_nearest(capsys):
+    assert 'unrecognized arguments: --epoch 3 (--epoch: did you mean --epochs?)' in parse_error(capsys, '--epoch', '3')
+    assert 'did you mean --lr-warmup-' in parse_error(capsys, '--lr-warmup', '0')
+    err = parse_error(capsys, '--preset', 'official')
+    assert '--method chooses the preset' in err and '--preset.FIELD VALUE' in err
+    assert 'did you mean --preset.swap_p?' in parse_error(capsys, '--preset.swapp', '0.2')
+
+
+def test_methods_and_preset_flags_take_any_spelling():
+    for spelling in ('CAKD', 'cakd-official', 'Cakd_Official', 'cakd'):
+        assert parse_config(['--method', spelling]).method == 'cakd_official'
+    cfg = parse_config(['--preset.swap-p', '0.25', '--preset.weights.adv=0.5', '--preset.ramp.w-max', '0.4'])
+    assert (cfg.preset.swap_p, cfg.preset.weights['adv'], cfg.preset.ramp.w_max) == (0.25, 0.5, 0.4)
+    with pytest.raises(ValueError, match=r"unknown method 'cakd_oficial' \(did you mean cakd_official\?\).*, cakd$"):
+        parse_config(['--method', 'cakd_oficial'])

@@ -167,6 +167,20 @@ def test_class_count_mismatch_and_foreign_checkpoint(digits, tmp_path, fail, mai
     err = fail('--data', str(digits), '--output', str(tmp_path / 'm'), *SMALL, *t1000)
     assert f'the teacher timm:vit_tiny_patch16_224 predicts 1000 classes but {digits} has 10 classes' in err
     assert not (tmp_path / 'm').exists()                                      # refused before anything was made
+    assert '--class-map [t0,t1,...]' in err and 'class_map=' not in err        # flags, not Python
+    ignore = ['--data', digits, *SMALL[:-len(TEACHER)], *t1000, '--class-map', 'ignore', '--epochs', 1,
+              '--max-steps-per-epoch', 2, '--preset.ramp', 'none', '--diagnostics', 0]
+    err = fail(*ignore, '--output', tmp_path / 'i')
+    assert 'add --preset.weights.kd 0' in err and 'weights={' not in err and not (tmp_path / 'i').exists()
+    code, out, err = main_in_process(*ignore, '--output', tmp_path / 'i', '--preset.weights.kd', 0, '--check-teacher')
+    assert code == 0, err[-2000:]                                              # the epoch's end: no 1000-vs-10 crash
+    assert 'the teacher predicts 1000 classes and the data has 10 (--class-map ignore)' in out
+    (ep,) = records(tmp_path / 'i')
+    assert ep['val_n'] == 20 and 'val_agree' not in ep and 'val_kl' not in ep and ep['train_attn'] > 0
+    code, out, err = main_in_process(*ignore[:-10], '--class-map', json.dumps(list(range(10))), '--epochs', 1,
+                                     '--max-steps-per-epoch', 1, '--preset.ramp', 'none', '--output', tmp_path / 'j')
+    assert code == 0, err[-2000:]                                              # an inline class map
+    assert 0 <= records(tmp_path / 'j')[0]['val_agree'] <= 100
     out = tmp_path / 'c'
     args = ['--data', digits, '--output', out, '--epochs', 1, '--max-steps-per-epoch', 1, *SMALL,
             '--method', 'baseline']
