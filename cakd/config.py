@@ -377,7 +377,7 @@ def recipe_table(width: int) -> list:
         block.append(n)
     rows = []
     for block in [*blocks, block]:
-        row = lambda head, cells: (f"  {head:{first - 2}s}" + '  '.join(f'{c:{wide[n]}s}' for c, n in zip(cells, block)))
+        row = lambda head, cells: f"  {head:{first - 2}s}" + '  '.join(f'{c:{wide[n]}s}' for c, n in zip(cells, block))
         rows += ([''] if rows else []) + [row('option', block)] + [row(k, [cell(n, k) for n in block]) for k in keys]
     return [r.rstrip() for r in rows]
 

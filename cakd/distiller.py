@@ -93,8 +93,8 @@ def check_class_map(class_map, student_classes: int, teacher_classes: int, prese
     if class_map == 'ignore':
         if preset.uses('kd'):
             raise ValueError(f"class_map='ignore' drops the teacher's logits, but preset {preset.name!r} distils them "
-                             f"(kd weight {preset.weights['kd']}); pass a class_map, or turn the logits term off (weights={{'kd': 0}}; "
-                             "on the command line --preset.weights.kd 0)")
+                             f"(kd weight {preset.weights['kd']}); pass a class_map, or turn the logits term off "
+                             "(weights={'kd': 0}; on the command line --preset.weights.kd 0)")
         return None
     if class_map is None:
         if ks != kt:

@@ -30,7 +30,7 @@ def did_you_mean(name: str, valid: Iterable[str]) -> str:
     return f" (did you mean {near}?)" if near is not None else ''
 
 def check_choice(value: str, choices: Iterable[str], what: str) -> str:
-    "Return `value` if it is one of `choices`, else raise a `ValueError` naming `what`, the nearest and the valid values."
+    "`value` if it is one of `choices`, else a `ValueError` naming `what`, the nearest choice and the valid ones."
     choices = list(choices)
     if value not in choices:
         raise ValueError(f"unknown {what} {value!r}{did_you_mean(value, choices)}; valid values are: "
