@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cakd-installed
 
-.PHONY: venv test sync nbtest pytest export bench reproduce calibrate ablation imagenet cifar100 attention results lab docs readme
+.PHONY: venv test test-fast sync nbtest pytest export bench reproduce calibrate ablation imagenet cifar100 attention results lab docs readme
 
 $(STAMP): setup.py settings.ini
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -27,6 +27,12 @@ pytest: venv                        ## the pytest suite (two workers: most tests
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
 test: sync nbtest pytest            ## everything CI runs
+
+FAST_TESTS ?= tests/test_cli.py tests/test_package.py tests/test_wrappers.py tests/test_docs.py
+
+test-fast: sync                     ## the edit loop (under 3 minutes on 2 cores): every notebook, the tests that train nothing
+	$(VENV)/bin/nbdev_test --n_workers 2
+	$(PY) -m pytest -q -n 2 -m "not slow" $(FAST_TESTS)
 
 # The experiment notebooks, through papermill into a run folder that is created first:
 #   make <experiment> [OUT=folder] [ARGS="-p name value -y '{list: [a, b]}'"]

@@ -33,6 +33,10 @@ ARMS = {a.name: a for a in [
         "matched KD: CAKD official's logits term, weight and ramp, without its cross-architecture terms"),
     Arm('cakd_official', 'cakd_official', {}, 'CAKD as the official code computes it (GAN fixed)'),
     Arm('cakd_paper', 'cakd_paper', {}, 'CAKD as the paper describes it'),
+    Arm('dist', 'dist', {}, "DIST: CE + the inter- and intra-class relations of the probabilities, its "
+        "authors' weights"),
+    Arm('ofa', 'ofa', {'unlabeled': ''}, "OFA-KD: target-enhanced KD on the logits and on a branch per stage; labelled "
+        "images only (its loss needs each image's label, so a transfer set has no place in it)"),
 ]}
 
 def pinned_recipe(method: str = 'cakd_official', **changes) -> dict:

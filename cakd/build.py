@@ -18,6 +18,7 @@ from torch import nn
 
 from .checkpoint import read_checkpoint
 from .config import TrainConfig, get_method
+from .presets import did_you_mean
 from .core import (IMAGENET_MEAN, IMAGENET_STD, Env, check_choice, clean_state_dict, derive_seed, get_module,
                        last_linear, seed_everything, seeded, unwrap)
 from .data import RASampler, SeededDataset, ShardSampler, UnlabeledFolder, collate, eval_transform, standard_resize
@@ -114,6 +115,9 @@ def teacher_classes(cfg: TrainConfig) -> int | None:
 def check_teacher_classes(cfg: TrainConfig, num_classes: int) -> None:
     "Refuse a teacher whose head does not match the dataset's `num_classes` (unless `--class-map` says how)."
     if get_method(cfg.method).finetunes: return                    # its head is replaced for these classes
+    if cfg.class_map == 'ignore' and cfg.preset.uses('ofa'):
+        raise ValueError("--class-map ignore leaves the teacher's logits unused, but --method ofa trains its branches "
+                         "on them: map the classes with --class-map [t0,t1,...]")
     if cfg.class_map == 'ignore' and cfg.preset.uses('kd'):
         raise ValueError(f"--class-map ignore leaves the teacher's logits unused, but --method {cfg.method} distils "
                          f"them (weight {cfg.preset.weights['kd']:g}): add --preset.weights.kd 0, or map the classes "
@@ -132,6 +136,11 @@ def build_student(cfg: TrainConfig, num_classes: int) -> nn.Module:
     if cfg.model.startswith('timm:'):
         import timm
         return timm.create_model(cfg.model[5:], num_classes=num_classes, **cfg.model_options)
+    names = torchvision.models.list_models(module=torchvision.models)        # the classification models
+    if cfg.model.lower() not in names:
+        raise ValueError(f"--model {cfg.model}: not a torchvision classification model"
+                         f"{did_you_mean(cfg.model, names)}; torchvision.models.list_models(module=torchvision.models) "
+                         "lists them, or pass timm:<name>")
     return torchvision.models.get_model(cfg.model, num_classes=num_classes, **cfg.model_options)
 
 def read_class_map(cfg: TrainConfig):

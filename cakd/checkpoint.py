@@ -17,7 +17,7 @@ from .config import TrainConfig
 
 # %% auto #0
 __all__ = ['RUN_INDEPENDENT', 'temp_name', 'save_atomic', 'remove_stale_temps', 'CheckpointError', 'read_checkpoint',
-           'rng_state', 'set_rng_state', 'flat_fields', 'field_changes', 'check_compatible']
+           'rng_state', 'set_rng_state', 'flat_fields', 'field_changes', 'as_current', 'check_compatible']
 
 # %% ../nbs/09_checkpoint.ipynb #cfa306d6
 def temp_name(path: Path) -> Path:
@@ -92,9 +92,14 @@ def field_changes(old: dict, new: dict, ignore=RUN_INDEPENDENT, was: str = 'chec
     b = flat_fields({k: v for k, v in new.items() if k not in ignore})
     return [f"{k}: {was} {a.get(k)!r}, {now} {b.get(k)!r}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
 
+def as_current(config: dict) -> dict:
+    "A config dict written by an earlier version with the fields added since at their defaults (which keep its run)."
+    try: return TrainConfig.from_dict(config).to_dict()
+    except (TypeError, ValueError, KeyError): return config      # not a config this version reads: compared as it is
+
 def check_compatible(ck: dict, cfg: TrainConfig, num_classes: int, path: str | Path):
     "Refuse checkpoint `ck` (read from `path`) unless `cfg` and `num_classes` describe the run that wrote it."
-    diff = field_changes(ck.get('config', {}), cfg.to_dict())
+    diff = field_changes(as_current(ck.get('config', {})), cfg.to_dict())
     if ck.get('num_classes') != num_classes:
         diff.append(f"classes: checkpoint {ck.get('num_classes')}, now {num_classes}")
     if diff:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import re
 import shutil
@@ -16,7 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .presets import (ALIASES, DATASET_PRESETS, DATASETS, PRESETS, Preset, Ramp, check_choice, check_known,
-                          get_preset, merge_changes, nearest, preset_for_run)
+                          get_preset, merge_changes, preset_for_run)
 
 # %% auto #0
 __all__ = ['METHODS', 'DATASET_RECIPES', 'CHOICES', 'GROUPS', 'EXAMPLES', 'HIDDEN', 'Method', 'get_method',
@@ -53,6 +54,10 @@ METHODS = {m.name: m for m in [
     Method('kd', _LOGITS, 'CE + KL (Hinton et al.; mdistiller\'s settings per dataset), on the logits recipe'),
     Method('dkd', _LOGITS, 'CE + Decoupled KD (Zhao et al. 2022; mdistiller\'s settings per dataset), on the logits '
            'recipe'),
+    Method('dist', _LOGITS, "CE + DIST's inter- and intra-class Pearson relations (Huang et al. 2022; its authors' "
+           'settings per dataset), on the logits recipe'),
+    Method('ofa', _LOGITS, 'CE + OFA-KD (Hao et al. 2023): target-enhanced KD on the logits and on a branch per '
+           'student stage (dropped at export), on the logits recipe'),
     Method('finetune', dict(_PLAIN, epochs=10, batch_size=64, lr=0.003, weight_decay=0.0,
            lr_scheduler='cosineannealinglr', lr_warmup_epochs=1, lr_warmup_per_step=True, clip_grad_norm=1.0,
            model_ema=False, ra_sampler=False, ra_reps=3, val_resize='official'),
@@ -235,9 +240,9 @@ def check_config(cfg) -> None:
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
     ramp, distils = cfg.preset.ramp, any(cfg.preset.uses(t) for t in cfg.preset.weights if t != 'ce')
-    if cfg.unlabeled and cfg.preset.uses('kd') and cfg.preset.kd == 'dkd':
-        raise ValueError(f"--unlabeled {cfg.unlabeled}: DKD (--method {cfg.method}) needs the label of every image, "
-                         "which a transfer set has not; use kd, logits or a CAKD method")
+    if cfg.unlabeled and cfg.preset.uses('kd') and cfg.preset.kd in ('dkd', 'ofa'):
+        raise ValueError(f"--unlabeled {cfg.unlabeled}: {cfg.preset.kd.upper()} (--method {cfg.method}) needs the "
+                         "label of every image, which a transfer set has not; use kd, dist, logits or a CAKD method")
     if cfg.unlabeled and not distils:
         raise ValueError(f"--unlabeled {cfg.unlabeled}: --method {cfg.method} learns from labels only, so a transfer "
                          f"set of unlabelled images would go unused; use a method that distils "
@@ -313,7 +318,7 @@ def add_preset_flags(p: argparse.ArgumentParser):
     g = p.add_argument_group('preset fields', "change the method's preset: --preset.swap_p 0.25, "
                              "--preset.weights.adv 0.5, --preset.ramp.start 3, --preset.ramp none")
     for f in fields(Preset):
-        if f.name in ('name', 'weights', 'ramp', 'disc_hidden'): continue
+        if f.name in ('name', 'weights', 'ramp', 'disc_hidden', 'ofa_strides'): continue   # tuples: --preset-options
         g.add_argument(f'--preset.{f.name}', type=converter(f.type), default=argparse.SUPPRESS, metavar=f.name.upper())
     for t in Preset().weights:
         g.add_argument(f'--preset.weights.{t}', type=float, default=argparse.SUPPRESS, metavar='W')
@@ -394,14 +399,21 @@ def method_table(width: int = 118) -> str:
     return '\n'.join([head, *summaries, '', about, '', *recipe_table(width), '', cifar, '', kd_settings()])
 
 def kd_settings() -> str:
-    "KD's and DKD's loss settings per dataset (mdistiller's), as `--help` lists them."
+    "The logits methods' loss settings per dataset (their authors' public code), as `--help` lists them."
     def say(p: Preset) -> str:
         w = p.weights
         if p.kd == 'kl': return f"CE {w['ce']:g}, KL {w['kd']:g} at T {p.kd_T:g}"
+        if p.kd == 'dist':
+            return f"CE {w['ce']:g} + DIST {w['kd']:g} (beta {p.dist_beta:g}, gamma {p.dist_gamma:g}) at T {p.kd_T:g}"
+        if p.kd == 'ofa':
+            return (f"CE {w['ce']:g} (smoothing {p.label_smoothing:g}) + OFA {w['kd']:g} on the logits + OFA "
+                    f"{w['ofa']:g} per branch (strides {','.join(map(str, p.ofa_strides))}), eps {p.ofa_eps:g}")
         warm = f", warm-up {p.ramp.length:g} epochs" if p.ramp is not None else ''
         return f"CE {w['ce']:g} + DKD (alpha {p.dkd_alpha:g}, beta {p.dkd_beta:g}) at T {p.kd_T:g}{warm}"
-    lines = [f"  {m:4s} {d:11s} {say(method_preset(m, d))}" for m in ('kd', 'dkd') for d in ('imagefolder', 'cifar100')]
-    head = "KD and DKD loss settings per dataset (mdistiller's; imagefolder = its ImageNet configs):"
+    lines = [f"  {m:4s} {d:11s} {say(method_preset(m, d))}" for m in ('kd', 'dkd', 'dist', 'ofa')
+             for d in ('imagefolder', 'cifar100')]
+    head = ("loss settings per dataset (imagefolder: the authors' ImageNet configs; KD and DKD: mdistiller's, DIST: "
+            "hunto/image_classification_sota's, OFA: Hao840/OFAKD's):")
     return '\n'.join([head, *lines])
 
 # %% ../nbs/08_config.ipynb #25432c70
@@ -438,7 +450,8 @@ class Parser(argparse.ArgumentParser):
         for f in flags:
             if f == '--preset': hints.append(f"--preset is not an option: --method chooses the preset "
                                              f"({', '.join(METHODS)}), --preset.FIELD VALUE changes one of its fields")
-            elif nearest(f, known): hints.append(f"{f}: did you mean {nearest(f, known)}?")
+            elif near := difflib.get_close_matches(f, known, 3):       # a few: --lr-warmup has three endings
+                hints.append(f"{f}: did you mean {' or '.join(near)}?")
         return message + (f" ({'; '.join(hints)})" if hints else '')
 
 def shown_default(help: str, default) -> str:

@@ -106,6 +106,7 @@ class UnlabeledFolder(torch.utils.data.Dataset):
     "Every image under `root` (a flat folder or an ImageFolder tree; labels ignored) as `(image, -1)`."
     def __init__(self, root, transform=None, skip_bad: bool = False, what: str = '--unlabeled'):
         root = Path(root)
+        if root.is_file(): raise NotADirectoryError(f"{what} {root}: a file; expected a folder of images")
         if not root.is_dir(): raise FileNotFoundError(f"{what} {root}: no such folder")
         self.samples = sorted(str(p) for p in _images(root))
         if not self.samples:

@@ -78,7 +78,8 @@ def fit_pairs(d: Distiller, x: torch.Tensor) -> dict:
     t, p, out = d.teacher(x), d.preset, {}
     _, proj, _ = unwrap(d.model)(x)
     if 'qkv' in proj and (p.uses('attn') or p.uses('vv')):
-        pairs = pca_pairs(tuple(fp32(u) for u in proj['qkv']), t.patch_qkv, p.attn_target, 0.0, p.vv_teacher_scaled)
+        pairs = pca_pairs(tuple(fp32(u) for u in proj['qkv']), t.patch_qkv, p.attn_target, 0.0, p.vv_teacher_scaled,
+                          teacher_bias=t.bias)
         out.update({k: v for k, v in pairs.items() if p.uses(k)})
     if 'gl' in proj and p.uses('feat'): out['feat'] = (fp32(proj['gl']), t.patches)
     if 'cls' in proj: out['cls'] = (fp32(proj['cls']), t.cls)

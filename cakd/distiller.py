@@ -14,8 +14,9 @@ from torch import nn
 
 from .core import align_grid, average_gradients, ema_of, evaluating, fp32, seeded, to_tokens, unwrap
 from .gl import GLProjector
-from .losses import ce_loss, dkd_loss, feature_loss, kd_loss, total_loss
+from .losses import ce_loss, feature_loss, logits_term, ofa_loss, total_loss
 from .presets import LOSS_TERMS, Preset, check_choice, get_preset
+from .ofa import OFABranches, stage_names
 from .mrt import MapDiscriminator, MultiViewGenerator, TokenDiscriminator, discriminator_loss, generator_loss
 from .pca import PCAProjector, attention_target, pca_loss
 from .taps import FrozenTeacher, StudentTap, zeros_like_input
@@ -30,7 +31,8 @@ class CAKDHead(nn.Module):
     def __init__(self, channels: int, pooled: int,  # student map channels, pooled-vector width
                  heads: int, head_dim: int, dim: int, grid: tuple,  # teacher layout
                  preset: Preset,
-                 seed: int | None = None):  # each projector's initial weights from its own stream (None: global)
+                 seed: int | None = None,   # each projector's initial weights from its own stream (None: global)
+                 stages: dict | None = None, classes: int = 0):   # OFA: {stage: (channels, stride)}, the classes
         super().__init__()
         p, need_map = preset, preset.uses('adv') and preset.disc == 'map'
         init = lambda name: nullcontext() if seed is None else seeded(seed, 'init', name)
@@ -42,13 +44,17 @@ class CAKDHead(nn.Module):
             with init('gl'): self.gl = GLProjector(channels, dim, grid, p.gl_k, p.gl_dropout)
         if p.uses('cls'):
             with init('cls'): self.cls = nn.Linear(pooled, dim)
+        self.ofa = None
+        if p.uses('ofa'):
+            with init('ofa'): self.ofa = OFABranches(stages or {}, max(pooled, dim), classes)
 
-    def forward(self, feat: torch.Tensor, pooled: torch.Tensor | None = None) -> dict:
-        "Projections of an aligned student map `(B, C, h, w)` and pooled vector `(B, P)`: `qkv`, `gl`, `cls`."
+    def forward(self, feat: torch.Tensor, pooled: torch.Tensor | None = None, stages: dict | None = None) -> dict:
+        "Projections of an aligned student map `(B, C, h, w)` and pooled vector `(B, P)`; OFA's branch logits."
         out = {}
         if self.pca is not None: out['qkv'] = self.pca(feat)                 # 3 x (B, heads, N, d)
         if self.gl is not None: out['gl'] = self.gl(to_tokens(feat))         # (B, N, D)
         if self.cls is not None and pooled is not None: out['cls'] = self.cls(pooled)  # (B, D)
+        if self.ofa is not None and stages: out['ofa'] = self.ofa(stages)    # a tuple of (B, classes)
         return out
 
 # %% ../nbs/06_distiller.ipynb #47d9e211
@@ -81,7 +87,7 @@ class StudentHead(nn.Module):
         "Student features of `x`, their projections, and the projections of `view` (no cls); None where not asked."
         s = self.tap(x)
         if not project: return s, None, None
-        proj = self.head(self.align(s.feat), s.pooled)
+        proj = self.head(self.align(s.feat), s.pooled, s.stages)
         if view is None: return s, proj, None
         with frozen_bn_stats(self.student): view_map = self.tap.map(view)    # stops at the tapped stage
         return s, proj, self.head(self.align(view_map))
@@ -91,7 +97,7 @@ def check_class_map(class_map, student_classes: int, teacher_classes: int, prese
     "The teacher class of each student class as a tensor (None: the same classes, or 'ignore'); errors name the counts."
     ks, kt = student_classes, teacher_classes
     if class_map == 'ignore':
-        if preset.uses('kd'):
+        if preset.uses('kd') or preset.uses('ofa'):
             raise ValueError(f"class_map='ignore' drops the teacher's logits, but preset {preset.name!r} distils them "
                              f"(kd weight {preset.weights['kd']}); pass a class_map, or turn the logits term off "
                              "(weights={'kd': 0}; on the command line --preset.weights.kd 0)")
@@ -117,12 +123,13 @@ def check_grid(feat: torch.Tensor, grid: tuple, layer: str, preset: Preset, dim:
 
 # %% ../nbs/06_distiller.ipynb #a2fd9c6f
 def build_head(tap: StudentTap, teacher: FrozenTeacher, preset: Preset, size: tuple,
-               seed: int | None = None) -> CAKDHead:
+               seed: int | None = None, strides: dict | None = None) -> CAKDHead:
     "Projectors sized from one zero batch through the student (eval mode, no grad) and the teacher's layout."
     with evaluating(tap.model) as m: s = tap(zeros_like_input(m, size))
     check_grid(s.feat, teacher.grid, tap.layer, preset, teacher.tap.dim)
-    t = teacher.tap
-    return CAKDHead(s.feat.shape[1], s.pooled.shape[1], t.heads, t.head_dim, t.dim, teacher.grid, preset, seed)
+    t, stages = teacher.tap, {n: (s.stages[n].shape[1], st) for n, st in (strides or {}).items()}
+    return CAKDHead(s.feat.shape[1], s.pooled.shape[1], t.heads, t.head_dim, t.dim, teacher.grid, preset, seed,
+                    stages, tap.num_classes)
 
 def build_adversary(teacher: FrozenTeacher, preset: Preset, student_norm: tuple | None,
                     seed: int | None = None) -> tuple:
@@ -131,6 +138,11 @@ def build_adversary(teacher: FrozenTeacher, preset: Preset, student_norm: tuple 
     if not p.uses('adv'): return None, None
     with nullcontext() if seed is None else seeded(seed, 'init', 'disc'):
         disc = MapDiscriminator() if p.disc == 'map' else TokenDiscriminator(teacher.tap.dim, p.disc_hidden)
+    n = teacher.grid[0] * teacher.grid[1]
+    if p.disc == 'map' and n < disc.min_size():
+        (h, w), m = teacher.grid, disc.min_size()
+        raise ValueError(f"the teacher's {h}x{w} grid gives {n}x{n} attention maps, smaller than the {m}x{m} the map "
+                         "discriminator needs: use disc='token' (--preset.disc token) or a larger input")
     norm = student_norm or ((0.0,) * 3, (1.0,) * 3)
     mvg = MultiViewGenerator(teacher.tap.patch_size, *norm, p=p.mvg_p, geometric=p.mvg_geometric) if p.mvg else None
     return disc, mvg
@@ -164,11 +176,14 @@ class Distiller(nn.Module):
             return
         t = teacher if isinstance(teacher, FrozenTeacher) else FrozenTeacher(
             teacher, p.teacher_block, student_norm, teacher_norm, resize_teacher_input)
+        if t.tap.prefix == 0 and p.uses('cls'):              # Swin: no class token, so no cls term (METHOD.md §7.15)
+            self.preset = p = get_preset(p, weights={'cls': 0.0})
         self.teacher, size = t, tuple(image_size or t.image_size)
-        tap = StudentTap(student, student_layer, stride=t.tap.patch_size[0], image_size=size)
+        strides = stage_names(student, p.ofa_strides, size) if p.uses('ofa') else {}   # OFA's branch stages
+        tap = StudentTap(student, student_layer, stride=t.tap.patch_size[0], image_size=size, stages=list(strides))
         class_map = check_class_map(class_map, tap.num_classes, t.num_classes, p)
         self.register_buffer('class_map', class_map, persistent=False)
-        self.model = StudentHead(student, build_head(tap, t, p, size, seed), tap, t.grid, p.resample)
+        self.model = StudentHead(student, build_head(tap, t, p, size, seed, strides), tap, t.grid, p.resample)
         self.disc, self.mvg = build_adversary(t, p, student_norm, seed)
 
     student = property(lambda self: unwrap(self.model).student, doc="The stock student model, unwrapped.")
@@ -218,15 +233,15 @@ def _fp32(v): return tuple(fp32(u) for u in v) if isinstance(v, tuple) else fp32
 def distil_terms(self: Distiller, s, proj: dict, t, y: torch.Tensor | None = None) -> dict:
     "Every distillation term of the preset from student features `s`, projections `proj` and teacher features `t`."
     p, proj, terms = self.preset, {k: _fp32(v) for k, v in proj.items()}, {}
-    if p.uses('kd'):
-        tl = t.logits if self.class_map is None else t.logits[:, self.class_map]
-        if p.kd != 'dkd': terms['kd'] = kd_loss(fp32(s.logits), tl, p.kd, p.kd_T)
-        elif y is None: raise ValueError("the dkd logits term needs the labels of the batch")
-        else: terms['kd'] = dkd_loss(fp32(s.logits[:len(y)]), tl[:len(y)], y, p.dkd_alpha, p.dkd_beta, p.kd_T)
+    tl = t.logits if self.class_map is None else t.logits[:, self.class_map]
+    if p.uses('kd'): terms['kd'] = logits_term(p, fp32(s.logits), tl, y)
+    if p.uses('ofa'):                                       # every branch towards the teacher, labelled images only
+        if y is None: raise ValueError("the ofa branch term needs the labels of the batch")
+        terms['ofa'] = sum(ofa_loss(z[:len(y)], tl[:len(y)], y, p.ofa_eps, p.kd_T) for z in proj['ofa'])
     if p.uses('attn') or p.uses('vv'):
         with self.stream('swap'):
             l = pca_loss(proj['qkv'], t.patch_qkv, p.attn_target, p.swap_p if self.training else 0.0,
-                         p.vv_teacher_scaled)
+                         p.vv_teacher_scaled, teacher_bias=t.bias)
         terms.update({k: v for k, v in l.items() if p.uses(k)})
     if p.uses('feat'): terms['feat'] = feature_loss(proj['gl'], t.patches)
     if p.uses('cls'): terms['cls'] = feature_loss(proj['cls'], t.cls)
@@ -237,7 +252,7 @@ def adversarial_pair(self: Distiller, t, fake: dict) -> tuple | None:
     "The discriminator's real (teacher) and fake (student) inputs: QK maps `(B, N, N)` or tokens `(B, N, D)`."
     if self.disc is None: return None
     if self.preset.disc == 'map':
-        return attention_target(*t.patch_qkv, 'logits_avg'), attention_target(*_fp32(fake['qkv']), 'logits_avg')
+        return attention_target(*t.patch_qkv, 'logits_avg', t.bias), attention_target(*_fp32(fake['qkv']), 'logits_avg')
     return t.patches, fp32(fake['gl'])
 
 # %% ../nbs/06_distiller.ipynb #9ee80555

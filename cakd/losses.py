@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from .presets import KD_KINDS, LOSS_TERMS, Preset, check_choice
 
 # %% auto #0
-__all__ = ['ce_loss', 'kd_loss', 'feature_loss', 'dkd_loss', 'total_loss']
+__all__ = ['ce_loss', 'kd_loss', 'feature_loss', 'dkd_loss', 'pearson', 'dist_loss', 'ofa_loss', 'logits_term',
+           'total_loss']
 
 # %% ../nbs/05_losses.ipynb #26213f55
 def ce_loss(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -51,6 +52,47 @@ def dkd_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor,
     others = lambda z: z[~gt].view(B, K - 1).log_softmax(-1)                          # (B, K-1), class t left out
     nckd = F.kl_div(others(zs), others(zt), log_target=True, reduction='batchmean')
     return (alpha * tckd + beta * nckd) * T * T
+
+# %% ../nbs/05_losses.ipynb #96f23782
+def pearson(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    "Pearson correlation of each row of `a` with the same row of `b`, `(B,)` (DIST's: `eps` in the denominator)."
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+
+def dist_loss(student: torch.Tensor, teacher: torch.Tensor, beta: float = 1.0, gamma: float = 1.0,
+              T: float = 1.0) -> torch.Tensor:
+    "DIST: `T²·(β·(1 − mean inter-class ρ) + γ·(1 − mean intra-class ρ))` of logits `(B, K)`; teacher constant."
+    if student.shape != teacher.shape:
+        raise ValueError(f"student logits {tuple(student.shape)} and teacher logits {tuple(teacher.shape)} differ")
+    ps, pt = (student / T).softmax(-1), (teacher.detach() / T).softmax(-1)
+    inter = 1 - pearson(ps, pt).mean()
+    intra = 1 - pearson(ps.T, pt.T).mean()
+    return T * T * (beta * inter + gamma * intra)
+
+# %% ../nbs/05_losses.ipynb #2b9d2cfb
+def ofa_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, eps: float = 1.0,
+             T: float = 1.0) -> torch.Tensor:
+    "OFA-KD: `−mean_i Σ_c ((p_t + m)^ε − m)·log p_s` for logits `(B, K)` and labels `(B,)` (soft: their top class)."
+    if student.shape != teacher.shape:
+        raise ValueError(f"student logits {tuple(student.shape)} and teacher logits {tuple(teacher.shape)} differ")
+    (B, K), target = student.shape, target.argmax(-1) if target.ndim == 2 else target
+    if target.shape != (B,):
+        raise ValueError(f"OFA needs one label per image: got labels {tuple(target.shape)} for logits {(B, K)}")
+    m = F.one_hot(target, K).to(student.dtype)
+    weight = ((teacher.detach() / T).softmax(-1) + m) ** eps - m
+    return -(weight * (student / T).log_softmax(-1)).sum(-1).mean()
+
+# %% ../nbs/05_losses.ipynb #2067465b
+def logits_term(p: Preset, student: torch.Tensor, teacher: torch.Tensor,
+                y: torch.Tensor | None = None) -> torch.Tensor:
+    "Preset `p`'s logits distillation of student logits `(B, K)` towards the teacher's (`y`: the first `len(y)`'s)."
+    kind = check_choice(p.kd, KD_KINDS, 'logits distillation')
+    if kind in ('mse', 'kl'): return kd_loss(student, teacher, kind, p.kd_T)
+    if kind == 'dist': return dist_loss(student, teacher, p.dist_beta, p.dist_gamma, p.kd_T)
+    if y is None: raise ValueError(f"the {kind} logits term needs the labels of the batch")
+    n = len(y)
+    if kind == 'dkd': return dkd_loss(student[:n], teacher[:n], y, p.dkd_alpha, p.dkd_beta, p.kd_T)
+    return ofa_loss(student[:n], teacher[:n], y, p.ofa_eps, p.kd_T)
 
 # %% ../nbs/05_losses.ipynb #d7f3cccf
 def total_loss(terms: dict, preset: Preset, rho: float) -> torch.Tensor:

@@ -31,11 +31,11 @@ def attention_output(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     "softmax(Q·Kᵀ/√d)·V per head, `(B, heads, N, d)`."
     return qk_logits(q, k).softmax(-1) @ v
 
-def attention_target(q, k, v, target: str = 'logits_avg') -> torch.Tensor:
+def attention_target(q, k, v, target: str = 'logits_avg', bias: torch.Tensor | None = None) -> torch.Tensor:
     "The attention quantity to match: head-averaged logits or probabilities `(B, N, N)`, or per-head outputs."
     check_choice(target, ATTENTION_TARGETS, 'attention target')
-    if target == 'output': return attention_output(q, k, v)       # (B, heads, N, d)
-    a = qk_logits(q, k)                                              # (B, heads, N, N)
+    a = qk_logits(q, k) if bias is None else qk_logits(q, k) + bias  # (B, heads, N, N); Swin adds a position bias
+    if target == 'output': return a.softmax(-1) @ v                  # (B, heads, N, d)
     return (a if target == 'logits_avg' else a.softmax(-1)).mean(1)  # (B, N, N)
 
 # %% ../nbs/02_pca.ipynb #c01d979c
@@ -73,7 +73,8 @@ def pca_pairs(student: tuple, teacher: tuple,
               target: str = 'logits_avg',      # one of ATTENTION_TARGETS
               swap_p: float = 0.0,             # partially cross probability; 0 turns the swap off
               vv_teacher_scaled: bool = True,  # False: the official code's unscaled teacher V·Vᵀ
-              generator: torch.Generator | None = None) -> dict:
+              generator: torch.Generator | None = None,
+              teacher_bias: torch.Tensor | None = None) -> dict:   # added to the teacher's logits (Swin)
     "The `(student, teacher)` attention (`attn`) and value-relation (`vv`) pairs that `pca_loss` compares."
     (qs, ks, vs), (qt, kt, vt) = student, [t.detach() for t in teacher]
     if qs.shape[-2] != qt.shape[-2]:
@@ -87,10 +88,12 @@ def pca_pairs(student: tuple, teacher: tuple,
         qs, ks, vs = (partial_cross(s, t, swap_p, generator)[0] for s, t in ((qs, qt), (ks, kt), (vs, vt)))
     gs, gt = vv_gram(vs_keep), vv_gram(vt, scaled=vv_teacher_scaled)   # (B, heads, N, N)
     if target != 'output': gs, gt = gs.mean(1), gt.mean(1)              # (B, N, N)
-    return {'attn': (attention_target(qs, ks, vs, target), attention_target(qt, kt, vt, target)), 'vv': (gs, gt)}
+    teacher_attn = attention_target(qt, kt, vt, target, teacher_bias)
+    return {'attn': (attention_target(qs, ks, vs, target), teacher_attn), 'vv': (gs, gt)}
 
 def pca_loss(student: tuple, teacher: tuple, target: str = 'logits_avg', swap_p: float = 0.0,
-             vv_teacher_scaled: bool = True, generator: torch.Generator | None = None) -> dict:
+             vv_teacher_scaled: bool = True, generator: torch.Generator | None = None,
+             teacher_bias: torch.Tensor | None = None) -> dict:
     "MSE between student and teacher attention (`attn`) and value relations (`vv`): `pca_pairs`, compared."
-    pairs = pca_pairs(student, teacher, target, swap_p, vv_teacher_scaled, generator)
+    pairs = pca_pairs(student, teacher, target, swap_p, vv_teacher_scaled, generator, teacher_bias)
     return {k: F.mse_loss(s, t) for k, (s, t) in pairs.items()}

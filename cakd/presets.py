@@ -75,12 +75,12 @@ class Ramp:
         return self.start + self.length * self.w_max
 
 # %% ../nbs/05a_presets.ipynb #17c853e0
-KD_KINDS = ('mse', 'kl', 'dkd')
+KD_KINDS = ('mse', 'kl', 'dkd', 'dist', 'ofa')
 ATTENTION_TARGETS = ('logits_avg', 'probs_avg', 'output')
 PCA_MODES = ('official', 'paper')
 DISCRIMINATORS = ('map', 'token')
 RESAMPLING = ('bilinear', 'bicubic', 'nearest', 'area', 'none')
-LOSS_TERMS = ('ce', 'kd', 'attn', 'vv', 'feat', 'cls', 'adv')
+LOSS_TERMS = ('ce', 'kd', 'attn', 'vv', 'feat', 'cls', 'adv', 'ofa')
 
 @dataclass(frozen=True)
 class Preset:
@@ -89,7 +89,7 @@ class Preset:
     weights: dict = field(default_factory=lambda: dict(ce=1.0, kd=1.0, attn=0.2, vv=0.05, feat=0.05, cls=1.0, adv=1.0))
     ramp: Ramp | None = Ramp()       # None: distillation terms at full weight from the start
     label_smoothing: float = 0.1
-    kd: str = 'mse'                  # logits distillation: 'mse', 'kl' or 'dkd'
+    kd: str = 'mse'                  # logits distillation: 'mse', 'kl', 'dkd', 'dist' or 'ofa'
     kd_T: float = 4.0                # KL temperature (kl, dkd)
     dkd_alpha: float = 1.0           # DKD: weight of the target-class term (TCKD)
     dkd_beta: float = 8.0            # DKD: weight of the non-target term (NCKD)
@@ -108,6 +108,10 @@ class Preset:
     mvg_p: float = 0.5
     mvg_geometric: bool = False
     replicate_dead_gan: bool = False # True: the official code's detached adversarial term (an ablation)
+    dist_beta: float = 1.0           # DIST: weight of the inter-class relation (temperature: kd_T)
+    dist_gamma: float = 1.0          # DIST: weight of the intra-class relation
+    ofa_eps: float = 1.0             # OFA: target-class exponent of the logits term and of every branch
+    ofa_strides: tuple = (4, 8, 16, 32)   # OFA: a branch on the student's last stage at each output stride
 
     def __post_init__(self):
         unknown = set(self.weights) - set(LOSS_TERMS)
@@ -139,12 +143,18 @@ PRESETS = {                          # keyed by the name of the method whose los
     'kd': Preset('kd', weights=dict(ce=0.5, kd=0.5), ramp=None, label_smoothing=0.0, kd='kl', kd_T=1.0, disc=None),
     'dkd': Preset('dkd', weights=dict(ce=1.0, kd=1.0), ramp=Ramp(0.0, 1.0, 1.0, None), label_smoothing=0.0,
                   kd='dkd', kd_T=1.0, dkd_beta=0.5, disc=None),   # a warm-up of 1 epoch, whatever the run's length
+    'dist': Preset('dist', weights=dict(ce=1.0, kd=2.0), ramp=None, label_smoothing=0.0, kd='dist', kd_T=1.0,
+                   disc=None),                         # hunto/image_classification_sota: resnet_dist.yaml
+    'ofa': Preset('ofa', weights=dict(ce=1.0, kd=1.0, ofa=1.0), ramp=None, label_smoothing=0.1, kd='ofa', kd_T=1.0,
+                  ofa_eps=1.5, disc=None),             # Hao840/OFAKD: configs/imagenet/cnn.yaml, README (CNN students)
     'finetune': Preset('finetune', weights=dict(ce=1.0), ramp=None, label_smoothing=0.0, disc=None),
 }
 ALIASES = {'cakd': 'cakd_official'}    # the one short name people type
 DATASETS = ('imagefolder', 'cifar10', 'cifar100')
 _CIFAR_PRESETS = {'kd': dict(weights=dict(ce=0.1, kd=0.9), kd_T=4.0),             # mdistiller/engine/cfg.py
-                  'dkd': dict(kd_T=4.0, dkd_beta=8.0, ramp=Ramp(0.0, 20.0, 1.0, None))}
+                  'dkd': dict(kd_T=4.0, dkd_beta=8.0, ramp=Ramp(0.0, 20.0, 1.0, None)),
+                  'dist': dict(kd_T=4.0),                                 # dist_cifar.yaml: kd dist_t4
+                  'ofa': dict(ofa_eps=1.0)}                               # OFAKD README: CIFAR-100, --ofa-eps 1.0
 DATASET_PRESETS = {'cifar10': _CIFAR_PRESETS, 'cifar100': _CIFAR_PRESETS}       # ImageNet: the presets as they are
 
 def get_preset(preset: str | Preset = 'cakd_official', /, **overrides) -> Preset:
@@ -155,7 +165,8 @@ def get_preset(preset: str | Preset = 'cakd_official', /, **overrides) -> Preset
     if 'weights' in overrides: overrides['weights'] = {**base.weights, **overrides['weights']}
     if isinstance(overrides.get('ramp'), dict):                  # from JSON/YAML: changes to the base ramp
         overrides['ramp'] = Ramp(**{**(dataclasses.asdict(base.ramp) if base.ramp else {}), **overrides['ramp']})
-    if 'disc_hidden' in overrides: overrides['disc_hidden'] = tuple(overrides['disc_hidden'])
+    for f in ('disc_hidden', 'ofa_strides'):
+        if f in overrides: overrides[f] = tuple(overrides[f])
     return dataclasses.replace(base, **overrides)
 
 def merge_changes(*changes: dict | None) -> dict:

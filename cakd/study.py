@@ -18,8 +18,8 @@ from .config import TrainConfig
 from .data import write_digits
 
 # %% auto #0
-__all__ = ['QUIET', 'STUDENT_RECIPE', 'SCALED_TERMS', 'split_folder', 'digits_protocol', 'teacher_config',
-           'student_configs', 'scaled_arm', 't_quantile', 'paired', 'machine']
+__all__ = ['QUIET', 'STUDENT_RECIPE', 'SCALED_TERMS', 'PART_NAMES', 'split_folder', 'digits_protocol', 'teacher_config',
+           'student_configs', 'scaled_arm', 'part_label', 't_quantile', 'paired', 'machine']
 
 # %% ../nbs/15_study.ipynb #7e20cf42
 def _images(folder: Path) -> dict:
@@ -95,6 +95,14 @@ def scaled_arm(multiplier: float, tap: str, name: str | None = None) -> Arm:
     weights = {t: w[t] * multiplier for t in SCALED_TERMS}
     return Arm(name or f'cakd_x{multiplier:g}_{tap}', base, {'student_layer': tap, 'preset': {'weights': weights}},
                f'CAKD official, attention/V·Vᵀ/GL weights x{multiplier:g}, tap {tap}')
+
+# %% ../nbs/15_study.ipynb #90d2238b
+PART_NAMES = dict(kd='logits term', attn='attention', vv='V·Vᵀ', feat='GL tokens', cls='cls token', adv='adversarial',
+                  swap='partially cross swap', mvg='multi-view generator', disc='discriminator')
+
+def part_label(arm: str, part: str) -> str:
+    "`calibrated − attention`: arm `arm` without `part`, as the ablation's table, figure and the README name it."
+    return f"{arm.removeprefix('cakd_')} − {PART_NAMES.get(part, part)}"
 
 # %% ../nbs/15_study.ipynb #f7d37d51
 def t_quantile(p: float, df: int) -> float:

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -31,6 +31,7 @@ class TeacherFeatures:
     logits: torch.Tensor  # (B, classes)
     prefix: int           # number of leading non-patch tokens (cls, distillation, registers)
     grid: tuple           # (h, w) patch grid, h * w = N
+    bias: torch.Tensor | None = None   # (1, heads, N, N) added to Q·Kᵀ/√d before the softmax (Swin's position bias)
 
     @property
     def patch_qkv(self):
@@ -45,8 +46,8 @@ class TeacherFeatures:
 
     @property
     def cls(self) -> torch.Tensor:
-        "The class token after the final norm, `(B, D)`."
-        return self.tokens[:, 0]
+        "The class token after the final norm, `(B, D)` (without one, Swin: the mean token, its head's input)."
+        return self.tokens[:, 0] if self.prefix else self.tokens.mean(1)
 
 # %% ../nbs/01_taps.ipynb #dcecc5ce
 def split_heads(qkv: torch.Tensor, heads: int) -> tuple:
@@ -74,10 +75,13 @@ class TeacherTap(Hooks):
         self.model, self.block, self._store = model, block, {}
         m = unwrap(model)
         if isinstance(m, torchvision.models.VisionTransformer): self._setup_torchvision(m, block)
+        elif isinstance(m, torchvision.models.SwinTransformer): self._setup_torchvision_swin(m, block)
+        elif hasattr(m, 'layers') and hasattr(m, 'patch_embed') and hasattr(m, 'feature_info'):
+            self._setup_timm_swin(m, block)
         elif hasattr(m, 'blocks') and hasattr(m, 'patch_embed') and hasattr(m, 'norm'): self._setup_timm(m, block)
         else:
             raise TypeError(f"cannot tap a {type(m).__name__}: supported teachers are torchvision "
-                            "VisionTransformer and timm ViT/DeiT models")
+                            "VisionTransformer and SwinTransformer (v1), and timm ViT/DeiT and Swin models")
         self._hooks.append(self._norm.register_forward_hook(self._keep('tokens')))
 
     def _keep(self, key, which='output'):
@@ -107,6 +111,29 @@ class TeacherTap(Hooks):
         self._hooks = [attn.qkv.register_forward_hook(self._keep('x', 'input'))]
         self._qk_norm = (getattr(attn, 'q_norm', nn.Identity()), getattr(attn, 'k_norm', nn.Identity()))
 
+    def _setup_swin(self, attn, norm, bias, stride: int, image_size):
+        "A Swin teacher (either library): no prefix token, a grid read from the final norm's map, a position bias."
+        self.heads, self.dim, self.attention = attn.num_heads, attn.qkv.in_features, attn
+        self.patch_size, self.image_size, self.prefix = (stride, stride), image_size, 0
+        self._qkv = lambda: fp32_linear(self._store['x'].flatten(1, -2), attn.qkv.weight, attn.qkv.bias)  # (B, N, 3D)
+        self._bias, self._norm, self._window = bias, norm, tuple(attn.window_size)
+        self._hooks = [attn.register_forward_pre_hook(lambda mod, args: self._store.__setitem__('x', args[0]))]
+
+    def _setup_torchvision_swin(self, m, block):
+        from torchvision.models.swin_transformer import PatchMerging, ShiftedWindowAttention
+        blocks = [b for b in m.features.modules() if type(getattr(b, 'attn', None)) is ShiftedWindowAttention]
+        if not blocks:
+            raise TypeError("cannot tap a SwinTransformer v2 (cosine attention): use swin_t, swin_s or swin_b")
+        attn = blocks[block].attn
+        stride = m.features[0][0].stride[0] * 2 ** sum(isinstance(u, PatchMerging) for u in m.features.modules())
+        size = tuple(w * stride for w in attn.window_size)      # the input at which the last stage is one window
+        self._setup_swin(attn, m.norm, attn.get_relative_position_bias, stride, size)
+
+    def _setup_timm_swin(self, m, block):
+        attn = [b for stage in m.layers for b in stage.blocks][block].attn
+        size = tuple(m.patch_embed.img_size) if m.patch_embed.img_size is not None else None
+        self._setup_swin(attn, m.norm, attn._get_rel_pos_bias, m.feature_info[-1]['reduction'], size)
+
     @property
     def head_dim(self) -> int: return self.dim // self.heads
 
@@ -119,12 +146,25 @@ class TeacherTap(Hooks):
         if hasattr(self, '_qk_norm'): q, k = self._qk_norm[0](q), self._qk_norm[1](k)
         tokens = self._store.pop('tokens')
         self._store.clear()
+        if tokens.ndim == 4: return self._swin_features(q, k, v, tokens, logits, x)
         n = tokens.shape[1] - self.prefix
         gh, gw = (x.shape[-2] // self.patch_size[0], x.shape[-1] // self.patch_size[1])
         if gh * gw != n:
             raise ValueError(f"teacher has {n} patch tokens, which is not the grid {gh}x{gw} of a "
                              f"{tuple(x.shape[-2:])} input")
         return TeacherFeatures(q, k, v, tokens, logits, self.prefix, (gh, gw))
+
+    def _swin_features(self, q, k, v, tokens, logits, x) -> TeacherFeatures:
+        "A Swin teacher's features: the grid of its final `(B, h, w, C)` map; the attention global over it."
+        grid, (wh, ww) = tuple(tokens.shape[1:3]), self._window
+        if q.shape[0] != tokens.shape[0] or grid != (wh, ww):
+            per_map = -(-grid[0] // wh) * -(-grid[1] // ww)       # windows over the final map, rounded up
+            n = q.shape[0] // tokens.shape[0] if q.shape[0] != tokens.shape[0] else per_map
+            raise ValueError(f"the Swin teacher's tapped block attends within {wh}x{ww} windows ({n} per image at "
+                             f"{tuple(x.shape[-2:])} px, final map {grid[0]}x{grid[1]}): CAKD matches the attention of "
+                             f"one window covering the map; feed {tuple(self.image_size or ())} px, or tap a block of "
+                             "the last stage")
+        return TeacherFeatures(q, k, v, tokens.flatten(1, 2), logits, 0, grid, self._bias())
 
 # %% ../nbs/01_taps.ipynb #c2c6b4c9
 class FrozenTeacher:
@@ -195,7 +235,8 @@ class FrozenTeacher:
         "Teacher features for student batch `x`, in fp32, with no autograd graph (also under autocast)."
         with torch.no_grad():
             f = self.tap(self.prepare(x))
-        for k in ('q', 'k', 'v', 'tokens', 'logits'): setattr(f, k, fp32(getattr(f, k)))
+        for k in ('q', 'k', 'v', 'tokens', 'logits', 'bias'):
+            if getattr(f, k) is not None: setattr(f, k, fp32(getattr(f, k)))
         return f
 
 # %% ../nbs/01_taps.ipynb #e6e5e81d
@@ -237,6 +278,7 @@ class StudentFeatures:
     feat: torch.Tensor | None  # (B, C, h, w) the tapped stage (None without one)
     pooled: torch.Tensor  # (B, P) input of the final classifier layer
     logits: torch.Tensor  # (B, classes)
+    stages: dict = field(default_factory=dict)   # {name: (B, C, h, w)} of the extra stages asked for (OFA's)
 
 class _Reached(Exception):
     "Ends a forward pass at the tapped stage, carrying its output."
@@ -247,8 +289,9 @@ class StudentTap(Hooks):
     def __init__(self, model: nn.Module,
                  layer: str | None = None,      # dotted name of the stage to tap; None: found by `stride`
                  stride: int | None = None,     # wanted output stride (the teacher's patch size) when `layer` is None
-                 image_size: Sequence[int] | None = None):  # input size used to probe strides
-        self.model, self._store = model, {}
+                 image_size: Sequence[int] | None = None,   # input size used to probe strides
+                 stages: Sequence[str] = ()):   # more stages whose maps to keep, by dotted name (OFA's branches)
+        self.model, self._store, self.stages = model, {}, tuple(stages)
         if layer is None and stride is not None:
             if image_size is None: raise ValueError("finding the student stage by stride needs image_size")
             layer = find_stage(model, stride, image_size)
@@ -261,6 +304,9 @@ class StudentTap(Hooks):
         self._stop = False
         self._hooks = [self.classifier.register_forward_pre_hook(lambda m, a: self._store.__setitem__('pooled', a[0]))]
         if self.stage is not None: self._hooks.append(self.stage.register_forward_hook(self._on_stage))
+        for name in self.stages:
+            keep = lambda m, a, out, name=name: self._store.setdefault('stages', {}).__setitem__(name, out)
+            self._hooks.append(get_module(self.model, name).register_forward_hook(keep))
 
     def _on_stage(self, module, args, out):
         if self._stop: raise _Reached(out)                   # `map`: the layers after the stage do not run
@@ -285,11 +331,11 @@ class StudentTap(Hooks):
 
     def collect(self, logits: torch.Tensor) -> StudentFeatures:
         "The features the hooks kept during the forward pass that returned `logits`."
-        feat, pooled = self._store.pop('feat', None), self._store.pop('pooled')
+        feat, pooled, stages = self._store.pop('feat', None), self._store.pop('pooled'), self._store.pop('stages', {})
         if self.stage is not None and (not isinstance(feat, torch.Tensor) or feat.ndim != 4):
             shape = tuple(feat.shape) if isinstance(feat, torch.Tensor) else type(feat).__name__
             raise ValueError(f"student layer {self.layer!r} returned {shape}; expected a (B, C, H, W) feature map")
-        return StudentFeatures(feat, pooled.flatten(1), logits)
+        return StudentFeatures(feat, pooled.flatten(1), logits, stages)
 
     def copy_model(self) -> nn.Module:
         "A deep copy of the model without this tap's hooks (for an EMA of the student)."

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -32,7 +33,8 @@ from .runs import read_records, recorded_teacher
 
 # %% auto #0
 __all__ = ['USER_ERRORS', 'make_scheduler', 'Schedules', 'tidy', 'scalar_tag', 'append_csv', 'RunLog', 'Stop',
-           'StopFlag', 'Evaluator', 'Trainer', 'progress', 'train']
+           'StopFlag', 'Evaluator', 'Trainer', 'progress', 'show_loss', 'epoch_line', 'resize_note', 'schedule_line',
+           'train']
 
 # %% ../nbs/11_train.ipynb #c8daba7f
 def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, lr_min: float):
@@ -223,7 +225,7 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
         self.log = RunLog(self.out, env.main, cfg.tensorboard)
         self.distiller = d = build_run_distiller(cfg, len(self.classes), env)
-        size = d.image_size[0] if d.image_size else cfg.train_crop_size
+        self.crop = size = d.image_size[0] if d.image_size else cfg.train_crop_size
         train, self.sampler, val, self.loader_kw = build_loaders(cfg, env, size, d.student_norm or STUDENT_NORM,
                                                                  self.source)
         (self.train_ds, self.transfer), (self.sampler, self.transfer_sampler) = (
@@ -237,6 +239,10 @@ class Trainer:
 
     def fit(self) -> dict:
         "Train from the current epoch to the end; returns the last epoch's record."
+        if self.epoch >= self.cfg.epochs:
+            if self.env.main: print(f"run already complete ({self.epoch}/{self.cfg.epochs} epochs) in {self.out}; "
+                                    "choose another --output to train again", flush=True)
+            return read_records(self.out)[-1]
         self.announce()
         record = {}
         with self.stop:
@@ -281,16 +287,26 @@ def resume(self: Trainer):
     self.epoch, self.skip, self.best = ck['epoch'], ck['batches_done'], ck['best']
     set_rng_state(ck['rng'][self.env.rank] if self.env.rank < len(ck['rng']) else ck['rng'][0])
     self.log({'event': 'resume', 'checkpoint': str(path), 'epoch': self.epoch, 'step': self.distiller.steps,
-              'batches_done': self.skip})
+              'batches_done': self.skip}, echo=False)
+    if self.epoch < c.epochs:
+        print(f"[rank {self.env.rank}/{self.env.world}] resuming from {path}: {self.epoch} of {c.epochs} epochs done"
+              + (f", and {self.skip} batches of the next" if self.skip else '') + f" (step {self.distiller.steps})",
+              flush=True)
 
 # %% ../nbs/11_train.ipynb #f6a8a67b
+@patch
+def steps_per_epoch(self: Trainer) -> int:
+    "Optimisation steps in an epoch: the labelled batches of this process, or `--max-steps-per-epoch`."
+    c = self.cfg
+    return max(1, min(len(self.sampler) // c.batch_size, c.max_steps_per_epoch or len(self.sampler)))
+
 @patch
 def loaders(self: Trainer) -> tuple:
     "This epoch's training loader and transfer-set loader (or None), skipping what a signalled checkpoint had done."
     c, rank = self.cfg, self.env.rank
     keyed = Keyed(self.sampler, rank)                              # (index, (epoch, rank, position)): augmentation
     keyed.set_epoch(self.epoch)
-    self.epoch_steps = max(1, min(len(self.sampler) // c.batch_size, c.max_steps_per_epoch or len(self.sampler)))
+    self.epoch_steps = self.steps_per_epoch()
     g = torch.Generator().manual_seed(derive_seed(c.seed, 'workers', self.epoch, rank) % 2**62)
     labelled = torch.utils.data.DataLoader(self.train_ds, c.batch_size, drop_last=True, generator=g, **self.loader_kw,
                                            sampler=Skip(keyed, self.skip * c.batch_size))
@@ -330,22 +346,23 @@ def train_epoch(self: Trainer) -> tuple:
     c, e = self.cfg, self.env
     (loader, transfer), sums, n, steps, skipped, t0, done = self.loaders(), {}, 0, 0, 0, time.time(), self.skip
     self.distiller.train()
-    batches = zip(progress(loader, e.main, f'epoch {self.epoch}'), transfer or repeat_none())
-    for (x, y, n_bad), (xu, _, u_bad) in batches:
-        skipped += n_bad + u_bad
-        if x is not None:
-            logs = self.train_batch(x, y, done, xu)
-            done, steps, n = done + 1, steps + 1, n + len(x)
-            for k, v in logs.items(): sums[k] = sums.get(k, 0.0) + v
-            if self.distiller.steps % c.print_freq == 0: self.log_step(logs, n * e.world / (time.time() - t0))
-        if self.stop.agreed():
-            self.save(batches_done=done)
-            raise Stop()
-        if c.max_steps_per_epoch is not None and done >= c.max_steps_per_epoch: break
-    self.skip = 0
-    loss = sums.get('loss', float('nan')) / max(1, steps)
-    print(f"[rank {e.rank}/{e.world}] epoch {self.epoch}: {n} images, loss {loss:.4f}, skipped images {skipped}",
-          flush=True)
+    bar = progress(loader, e.main, f'epoch {self.epoch + 1}/{c.epochs}', self.epoch_steps, done)
+    try:
+        for (x, y, n_bad), (xu, _, u_bad) in zip(bar, transfer or repeat_none()):
+            skipped += n_bad + u_bad
+            if x is not None:
+                logs = self.train_batch(x, y, done, xu)
+                done, steps, n = done + 1, steps + 1, n + len(x)
+                for k, v in logs.items(): sums[k] = sums.get(k, 0.0) + v
+                show_loss(bar, sums, steps)
+                if self.distiller.steps % c.print_freq == 0: self.log_step(logs, n * e.world / (time.time() - t0))
+            if self.stop.agreed():
+                self.save(batches_done=done)
+                raise Stop()
+            if c.max_steps_per_epoch is not None and done >= c.max_steps_per_epoch: break
+    finally:
+        if hasattr(bar, 'close'): bar.close()                  # the next line starts on a line of its own
+    self.skip, self.images = 0, n
     return mean_over_ranks(sums, steps, skipped, e.world)
 
 @patch
@@ -356,12 +373,16 @@ def log_step(self: Trainer, logs: dict, img_per_s: float):
              echo=not sys.stderr.isatty())
 
 # %% ../nbs/11_train.ipynb #4ed61a6d
-def progress(loader, main: bool, desc: str):
-    "`loader` with a tqdm bar on rank 0 when tqdm is installed and output is a terminal."
+def progress(loader, main: bool, desc: str, total: int | None = None, initial: int = 0):
+    "`loader` with a tqdm bar of `total` steps on rank 0 when tqdm is installed and output is a terminal."
     if not main or not sys.stderr.isatty(): return loader
     try: from tqdm.auto import tqdm
     except ImportError: return loader
-    return tqdm(loader, desc=desc, dynamic_ncols=True)
+    return tqdm(loader, desc=desc, total=total, initial=initial, dynamic_ncols=True, leave=False)
+
+def show_loss(bar, sums: dict, steps: int):
+    "The epoch's running mean loss on its bar (when there is one)."
+    if hasattr(bar, 'set_postfix_str'): bar.set_postfix_str(f"loss {sums['loss'] / steps:.4f}", refresh=False)
 
 # %% ../nbs/11_train.ipynb #3236157b
 @patch
@@ -376,9 +397,24 @@ def end_epoch(self: Trainer, train_logs: dict, skipped: int, lr: float) -> dict:
     self.epoch += 1
     stop = self.stop.agreed()                                   # every rank decides alike whether to save
     if last or self.epoch % c.save_every == 0 or stop: self.save_students()
-    record = self.log(record)
+    record = self.log(record, echo=False)                       # the whole record: log.jsonl; a line: the terminal
+    print(f"[rank {self.env.rank}/{self.env.world}] {epoch_line(record, c.epochs, getattr(self, 'images', 0))}",
+          flush=True)
     if stop: raise Stop()
     return record
+
+def epoch_line(record: dict, epochs: int, images: int) -> str:
+    "An epoch's record in words: `epoch 3/23: loss 0.4100, val top-1 92.5 (standard resize 37: 92.2), ...`."
+    r = record
+    words = [f"loss {r.get('train_loss', float('nan')):.4f}"]
+    if 'val_top1' not in r: words.append('not evaluated this epoch')
+    else:
+        second = [(k.split('_')[1], v) for k, v in r.items() if re.fullmatch(r'val_\d+_top1', k)]
+        words.append(f"val top-1 {r['val_top1']:.1f}" + ''.join(f" (standard resize {k}: {v:.1f})" for k, v in second))
+    if 'val_agree' in r: words.append(f"agreement {r['val_agree']:.1f}")
+    if 'ema_top1' in r: words.append(f"EMA top-1 {r['ema_top1']:.1f}")
+    tail = f"; {images} images" + (f", {r['skipped_images']} skipped" if r.get('skipped_images') else '')
+    return f"epoch {r['epoch'] + 1}/{epochs}: " + ', '.join(words) + tail
 
 @patch
 def evaluate_and_keep_best(self: Trainer) -> dict:
@@ -415,6 +451,21 @@ def save_students(self: Trainer):
     self.save()
 
 # %% ../nbs/11_train.ipynb #b46bbde1
+def resize_note(source, crop: int) -> str | None:
+    "A note when the training images are smaller than the crops (a 224-px teacher on 32-px images): all upsampled."
+    image = source.dataset('train')[0][0]
+    w, h = image.size if isinstance(getattr(image, 'size', None), tuple) else tuple(image.shape[-2:])[::-1]
+    if min(w, h) >= crop: return None
+    return (f"the training images are {w}x{h} px and are upsampled to {crop}-px crops, the teacher's input size "
+            f"(--train-crop-size and --val-crop-size set the crops)")
+
+def schedule_line(ramp, epochs: int, steps: int) -> str:
+    "The distillation ramp of a run of `epochs` epochs of `steps` steps, in rounded epochs and in steps."
+    at = lambda e: f"epoch {e:.2f} (step {round(e * steps)})".replace('.00 ', ' ')
+    if ramp.start <= 0 and ramp.length <= 0: return f"distillation weight: {ramp.w_max:g} from the first step"
+    return (f"distillation weight: 0 until {at(ramp.start)}, rising to {ramp.w_max:g} at {at(ramp.plateau_epoch)}, "
+            f"of {epochs} epoch{'s' * (epochs != 1)} of {steps} steps")
+
 @patch
 def announce(self: Trainer):
     "Say what the run is (device, data, method, distillation schedule, warnings), write config.json, check the teacher."
@@ -424,11 +475,12 @@ def announce(self: Trainer):
     say(f"device {e.device}, {len(self.train_ds)} training images, {len(self.classes)} classes, method {c.method}, "
         f"{trains}" + (f", tap {d.layer}" if d.layer else ''))
     ramp = c.preset.ramp
-    if d.distils and ramp is not None:
-        say(f"distillation weight: 0 until epoch {ramp.start:.3g}, rising to {ramp.w_max:g} at epoch "
-            f"{ramp.plateau_epoch:.3g} of {c.epochs}")
+    if d.distils and ramp is not None: say(schedule_line(ramp, c.epochs, self.steps_per_epoch()))
     for w in run_warnings(c, e.world) if e.main else []: say(f"warning: {w}")
+    if e.main and (note := resize_note(self.source, self.crop)): say(note)
     if e.main: (self.out / 'config.json').write_text(json.dumps(c.to_dict(), indent=1))
+    if d.teacher is not None and c.preset.uses('cls') and not d.preset.uses('cls'):
+        say("the teacher has no class token (Swin): the cls term is off")
     if d.teacher is not None and not d.compares_logits:
         say(f"the teacher predicts {d.teacher.num_classes} classes and the data has {len(self.classes)} "
             "(--class-map ignore): no agreement, KL or teacher accuracy is measured")
@@ -437,7 +489,8 @@ def announce(self: Trainer):
         self.log({'event': 'teacher', **{f'teacher_{k}': v for k, v in scores.items()}})
 
 # %% ../nbs/11_train.ipynb #40d71d59
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FloatingPointError, ImportError, BadImageError, DeviceError)
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, NotADirectoryError, FloatingPointError, ImportError,
+               BadImageError, DeviceError)
 
 def train(cfg: TrainConfig) -> dict:
     "Run (or resume, or just reload a finished) training run in this process; returns the last epoch's record."

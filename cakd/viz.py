@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -15,11 +16,20 @@ import torch.nn.functional as F
 from .pca import qk_logits
 
 # %% auto #0
-__all__ = ['LABELS', 'PUBLISHED', 'PUBLISHED_CIFAR100', 'accuracy_plot', 'method_table', 'gain_plot', 'ablation_plot',
-           'curves_plot', 'term_strength', 'cls_attention', 'keep_mass', 'token_attention', 'attention_figure',
-           'attention_maps', 'attention_agreement', 'load_photo', 'read_results', 'summarise', 'results_plot']
+__all__ = ['ABLATION_COLOURS', 'ABLATION_MEANING', 'sign', 'LABELS', 'PUBLISHED', 'PUBLISHED_CIFAR100', 'count',
+           'titled', 'accuracy_plot', 'method_table', 'gain_plot', 'ablation_plot', 'curves_plot', 'term_strength',
+           'cls_attention', 'keep_mass', 'token_attention', 'attention_figure', 'attention_maps', 'attention_agreement',
+           'load_photo', 'read_results', 'summarise', 'results_plot']
 
 # %% ../nbs/12_viz.ipynb #f15500ad
+def count(n: int, noun: str) -> str:
+    "`1 seed`, `3 seeds`."
+    return f"{n} {noun}" + ('' if n == 1 else 's')
+
+def titled(ax, title: str, width_in: float, fontsize: int = 9):
+    "A title wrapped to the figure's width (about 15 characters an inch at 9 points), so that none is clipped."
+    ax.set_title(textwrap.fill(title, max(20, int(width_in * 135 / fontsize))), fontsize=fontsize)
+
 def _seed_dots(ax, i: int, values: list, colour: str = '#08519c'):
     "Seeds as dots spread around x = i, and their mean ± sd as a black tick with whiskers."
     v = torch.tensor(values, dtype=torch.float64)
@@ -40,7 +50,7 @@ def accuracy_plot(methods: dict, teacher: float | None = None, ylabel: str = 'to
         ax.annotate(f'teacher {teacher:.1f}', (1, teacher), xycoords=('axes fraction', 'data'), xytext=(-4, -4),
                     textcoords='offset points', ha='right', va='top', color='#d62728', fontsize=8)
     ax.margins(y=0.12); ax.set_ylabel(ylabel)
-    seeds = f"{n.pop()} seeds" if len(n) == 1 else 'seeds per method below'
+    seeds = count(n.pop(), 'seed') if len(n) == 1 else 'seeds per method below'
     ax.set_title(f'dots: seeds ({seeds}); black: mean ± sd', fontsize=9)
     ax.grid(axis='y', alpha=0.3)
     fig.tight_layout()
@@ -64,39 +74,51 @@ def method_table(results: dict) -> 'pd.DataFrame':
 
 def gain_plot(gains: dict, title: str = 'paired top-1 difference per seed (points); whiskers: 95% interval'):
     "Per-seed paired differences (dots), their mean (bar) and 95% interval (whiskers) for each comparison."
-    fig, ax = plt.subplots(figsize=(2.4 + 1.5 * len(gains), 3.4))
+    width, wrap = max(4.2, min(12.0, 1.2 + 1.9 * len(gains))), 22 if len(gains) <= 5 else 13   # many: narrower
+    fig, ax = plt.subplots(figsize=(width, 3.6))
     for i, (m, g) in enumerate(gains.items()):
         lo, hi = g['ci95']
         ax.bar(i, g['mean'], color='#9ecae1', yerr=[[g['mean'] - lo], [hi - g['mean']]], capsize=4)
         ax.plot([i] * len(g['per_seed']), g['per_seed'], 'o', color='#08519c', ms=5)
     ax.axhline(0, color='k', lw=0.8)
-    ax.set_xticks(range(len(gains)), [f"{m}\n({g['positive']}/{g['n']} seeds > 0)" for m, g in gains.items()],
-                  fontsize=8)
+    labels = [f"{textwrap.fill(m, wrap, break_long_words=False)}\n({g['positive']}/{count(g['n'], 'seed')} > 0)" for m, g in gains.items()]
+    ax.set_xticks(range(len(gains)), labels, fontsize=8)
+    ax.set_xlim(-0.7, len(gains) - 0.3)
     ax.set_ylabel('difference (points)')
-    ax.set_title(title, fontsize=9, wrap=True)
+    titled(ax, title, width)
     fig.tight_layout()
     return fig
 
 # %% ../nbs/12_viz.ipynb #d14c13c2
+ABLATION_COLOURS = {-1: '#d62728', 1: '#2ca02c', 0: '#7f7f7f'}
+ABLATION_MEANING = {-1: 'lower without the part (it helped)', 1: 'higher without it (it hurt)', 0: 'no change'}
+sign = lambda x: (x > 0) - (x < 0)
+
 def ablation_plot(table, columns: tuple = ('d_top1', 'd_agreement'),
                   intervals: dict | None = None,                # variant -> one (lo, hi) per column
                   title: str = 'removing one part: paired change against the full method (points)'):
     "Horizontal bars of each variant's change (a DataFrame indexed by variant) in each of `columns`."
-    fig, axes = plt.subplots(1, len(columns), figsize=(4.8 * len(columns), 1.3 + 0.34 * len(table)), squeeze=False,
+    from matplotlib.patches import Patch
+    fig, axes = plt.subplots(1, len(columns), figsize=(4.8 * len(columns), 1.9 + 0.34 * len(table)), squeeze=False,
                              sharey=True)
-    colour = lambda x: '#d62728' if x < 0 else '#2ca02c' if x > 0 else '#7f7f7f'
     for j, (ax, c) in enumerate(zip(axes[0], columns)):
-        v = table[c].tolist()
+        v = [round(x, 2) for x in table[c].tolist()]              # what the table shows: -0.00 is no change
         err = None
         if intervals: err = [[x - intervals[n][j][0] for n, x in zip(table.index, v)],
                              [intervals[n][j][1] - x for n, x in zip(table.index, v)]]
-        ax.barh(range(len(v)), v, xerr=err, capsize=3, color=[colour(x) for x in v], edgecolor='k', lw=0.4)
+        ax.barh(range(len(v)), v, xerr=err, capsize=3, color=[ABLATION_COLOURS[sign(x)] for x in v], edgecolor='k',
+                lw=0.4)
+        for i in [i for i, x in enumerate(v) if x == 0]:         # a no-change row is said, not left blank
+            ax.annotate('no change', (0, i), xytext=(4, 3), textcoords='offset points', va='bottom', fontsize=7,
+                        color=ABLATION_COLOURS[0], bbox=dict(fc='white', ec='none', pad=0.3))
         ax.axvline(0, color='k', lw=0.8)
         ax.set_yticks(range(len(v)), list(table.index), fontsize=8)
         ax.set_xlabel(f"{c.replace('d_', 'change in ')} (points)")
     axes[0][0].set_ylim(len(table) - 0.5, -0.5)                   # first variant on top (shared by every panel)
     fig.suptitle(title + ('; whiskers: 95% interval' if intervals else ''), fontsize=9)
-    fig.tight_layout()
+    fig.legend(handles=[Patch(color=ABLATION_COLOURS[k], label=t) for k, t in ABLATION_MEANING.items()],
+               loc='lower center', ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
 
 # %% ../nbs/12_viz.ipynb #0db13592

@@ -73,11 +73,12 @@ def parse_error(capsys, *argv) -> str:
 
 
 def test_misspelt_flags_name_the_nearest(capsys):
-    assert 'unrecognized arguments: --epoch 3 (--epoch: did you mean --epochs?)' in parse_error(capsys, '--epoch', '3')
-    assert 'did you mean --lr-warmup-' in parse_error(capsys, '--lr-warmup', '0')
+    assert 'unrecognized arguments: --epoch 3 (--epoch: did you mean --epochs' in parse_error(capsys, '--epoch', '3')
+    err = parse_error(capsys, '--lr-warmup', '0')
+    assert 'did you mean --lr-warmup-' in err and '--lr-warmup-epochs' in err and ' or ' in err
     err = parse_error(capsys, '--preset', 'official')
     assert '--method chooses the preset' in err and '--preset.FIELD VALUE' in err
-    assert 'did you mean --preset.swap_p?' in parse_error(capsys, '--preset.swapp', '0.2')
+    assert 'did you mean --preset.swap_p' in parse_error(capsys, '--preset.swapp', '0.2')
 
 
 def test_methods_and_preset_flags_take_any_spelling():

@@ -240,7 +240,7 @@ def test_reproduce_page_quotes_the_readme_table_and_figures():
     cells = [''.join(c['source']) for c in json.loads((ROOT / 'nbs/experiments/reproduce.ipynb').read_text())['cells']]
     (quoted,) = [c for c in cells if c.startswith('## The run the README quotes')]
     table = [l for l in quoted.splitlines() if l.startswith('|')]
-    assert len(table) == 7 and all(l in readme for l in table)
+    assert len(table) == 9 and all(l in readme for l in table)
     for img in re.findall(r'\]\(\.\./(images/[^)]+)\)', quoted): assert (ROOT / 'nbs' / img).exists(), img
 
 
@@ -299,3 +299,24 @@ def test_fallback_pages_honour_quarto_cell_options():
     page = docs.offline(page)
     assert 'secret' not in page and 'show_doc' not in page and 'print(42)' not in page and '42' in page
     assert '<h3' in page and '{target=' not in page and '<math' in page and '$$kept$$' in page
+
+
+def test_docs_tool_loads_without_latex2mathml():
+    "Where Quarto builds the site, the fallback's MathML converter is not needed: tools/docs.py imports without it."
+    code = ("import sys, importlib.util; sys.modules['latex2mathml'] = None; "
+            f"spec = importlib.util.spec_from_file_location('docs', {str(ROOT / 'tools/docs.py')!r}); "
+            "spec.loader.exec_module(importlib.util.module_from_spec(spec)); print('loaded')")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == 'loaded', r.stderr[-2000:]
+
+
+def test_make_test_fast_is_the_notebooks_and_the_tests_that_train_nothing():
+    "`make test-fast` (the README's edit loop): the sync checks, every notebook, then pytest on files that exist."
+    r = subprocess.run(['make', '-n', 'test-fast'], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert any('tools/check-sync' in l for l in lines) and any('nbdev_test --n_workers 2' in l for l in lines)
+    (pytest_line,) = [l for l in lines if '-m pytest' in l]
+    files = [w for w in pytest_line.split() if w.startswith('tests/')]
+    assert '-m "not slow"' in pytest_line and files and all((ROOT / f).is_file() for f in files)
+    assert not {'tests/test_train.py', 'tests/test_experiments.py', 'tests/test_cifar.py'} & set(files)

@@ -1,5 +1,6 @@
 """The experiment notebooks: one parameters cell each, and `make reproduce` run for real with tiny parameters."""
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -64,6 +65,7 @@ def tiny_reproduce(tmp_path_factory, tiny_calibration):
             '-p seeds 0,1 -p arms baseline,kd_matched,cakd_official,cakd_calibrated')
     r = make('reproduce', out, ARGS=args, CALIBRATION=tiny_calibration[1])
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
+    (out / 'make.log').write_text(r.stdout + r.stderr)
     return out
 
 
@@ -81,6 +83,9 @@ def test_make_reproduce_with_tiny_parameters(tiny_reproduce, tiny_calibration):
             expected = [a - b for a, b in zip(v['top1'], top1[p['against']])]
             assert p['n'] == 2 and p['per_seed'] == pytest.approx(expected)
             assert p['ci95'][0] <= p['mean'] <= p['ci95'][1] or p['sd'] != p['sd']       # an interval (nan: no spread)
+    log = (out / 'make.log').read_text()                                    # long work is not silent: a line a run
+    assert 'training 8 runs, 2 at a time' in log and '[8/8] ' in log and 'all done in' in log
+    assert re.search(r'\[1/8\] \S+_seed\d: top-1 \d+\.\d in \d+ s; 7 left, about [\d.]+ min to go', log), log[-3000:]
     sel = res['protocol']['selection']
     assert sel['file'] == str(tiny_calibration[1]) and not set(sel['dev_seeds']) & set(res['protocol']['test_seeds'])
     assert {'gshare_kd', 'gcos_attn', 'r2_attn', 'd_acc'} <= set(res['methods']['cakd_official']['diagnostics'])
@@ -109,9 +114,10 @@ def test_ablation_on_the_tiny_reproduction(tiny_reproduce, tmp_path):
                                    '-y "{seeds: [1]}"')
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((out / 'results.json').read_text())
-    assert list(res['variants']) == ['cakd_calibrated − attn', 'cakd_calibrated − adv', 'cakd_paper − swap']
+    assert list(res['variants']) == ['calibrated − attention', 'calibrated − adversarial',
+                                     'paper − partially cross swap']                  # the README's names
     full = json.loads((tiny_reproduce / 'results.json').read_text())['methods']['cakd_calibrated']['top1'][1]
-    v = res['variants']['cakd_calibrated − attn']
+    v = res['variants']['calibrated − attention']
     assert v['paired_top1']['per_seed'] == pytest.approx([v['top1'][0] - full])
     assert v['paired_top1']['against'] == 'cakd_calibrated' and v['paired_top1']['n'] == 1
     cfg = json.loads((out / 'cakd_calibrated_no_attn_seed1' / 'config.json').read_text())
@@ -156,11 +162,11 @@ def test_imagenet_launcher_two_cpu_processes(digits, tmp_path):
     assert set(ev) == {'official: resize = crop', 'standard: resize 37, centre crop'}
     assert ev['official: resize = crop'] == top1
     log = (out / 'torchrun.log').read_text()
-    assert '[rank 0/2] epoch 0' in log and '[rank 1/2] epoch 0' in log
+    assert '[rank 0/2] epoch 1/1: loss' in log and '[rank 1/2] epoch 1/1: loss' in log
     executed = json.loads((out / 'imagenet.ipynb').read_text())
     streamed = ''.join(o.get('text', '') if isinstance(o.get('text', ''), str) else ''.join(o['text'])
                        for c in executed['cells'] for o in c.get('outputs', []))
-    assert '[rank 1/2] epoch 0' in streamed                                   # the log reached the notebook
+    assert '[rank 1/2] epoch 1/1' in streamed                                 # the log reached the notebook
     assert (out / 'curves.png').stat().st_size > 5000
     ck = torch.load(out / 'checkpoint.pt', weights_only=True)
     assert len(ck['rng']) == 2 and ck['config']['method'] == 'cakd_official'

@@ -43,7 +43,8 @@ def test_readme_training_smoke_commands_run(tmp_path):
     (epoch,) = records(tmp_path / 'runs/smoke')
     assert {'train_attn', 'train_vv', 'train_feat', 'train_cls', 'train_kd', 'train_adv'} <= set(epoch)
     assert epoch['train_attn'] > 0 and epoch['lr'] == 0.01                   # distils, and trains at --lr
-    assert 'distillation weight: 0 until epoch 0.208, rising to 0.2 at epoch 0.292 of 1' in r.stdout
+    assert re.search(r'distillation weight: 0 until epoch 0\.21 \(step \d+\), rising to 0\.2 at epoch 0\.29 '
+                     r'\(step \d+\), of 1 epoch of \d+ steps', r.stdout), r.stdout
     assert 'warning' not in r.stdout + r.stderr
 
 

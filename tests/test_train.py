@@ -41,21 +41,22 @@ def torchrun(*args, nproc=2, timeout=300):
 from cakd.runs import read_records as records
 
 
-@pytest.mark.parametrize('method', ['logits', 'cakd_official', 'cakd_paper'])   # baseline: the same path
+@pytest.mark.parametrize('method', ['logits', 'cakd_official', 'cakd_paper', 'dist', 'ofa'])   # baseline: the same
 def test_torchrun_two_processes_gloo_one_epoch(digits, tmp_path, method):
     out = tmp_path / method
     transfer = ['--unlabeled', str(digits / 'train')] if method == 'logits' else []   # sharded (bf16: below)
     r = torchrun('--method', method, '--data', str(digits), '--output', str(out), '--epochs', '1', *SMALL, *transfer,
                  *(['--preset.ramp', 'none'] if method.startswith('cakd') else []))
     assert r.returncode == 0, r.stderr[-3000:]
-    for rank in (0, 1): assert f'[rank {rank}/2] epoch 0:' in r.stdout
+    for rank in (0, 1): assert f'[rank {rank}/2] epoch 1/1: loss ' in r.stdout
     (ep,) = records(out)
     assert ep['val_n'] == 20 and 0 <= ep['val_top1'] <= 100                 # every val image counted once
     assert 0 <= ep['val_agree'] <= 100 and ep['val_kl'] >= 0                # fidelity to the teacher
     expected = {'baseline': {'train_ce'}, 'logits': {'train_ce', 'train_kd'},
                 'cakd_official': {'train_ce', 'train_kd', 'train_attn', 'train_vv', 'train_feat', 'train_cls',
                                   'train_adv', 'train_d_loss'},
-                'cakd_paper': {'train_ce', 'train_attn', 'train_vv', 'train_feat', 'train_adv', 'train_d_loss'}}[method]
+                'cakd_paper': {'train_ce', 'train_attn', 'train_vv', 'train_feat', 'train_adv', 'train_d_loss'},
+                'dist': {'train_ce', 'train_kd'}, 'ofa': {'train_ce', 'train_kd', 'train_ofa'}}[method]
     assert expected <= {k for k in ep if k.startswith('train_')}
     ck = read_checkpoint(out / 'checkpoint.pt')
     assert ck['epoch'] == 1 and ck['config']['method'] == method and len(ck['rng']) == 2
@@ -186,8 +187,9 @@ def test_class_count_mismatch_and_foreign_checkpoint(digits, tmp_path, fail, mai
             '--method', 'baseline']
     assert main_in_process(*args)[0] == 0
     epochs_logged = len(records(out))
-    assert main_in_process(*args)[0] == 0                                    # identical: the finished run is reused
-    assert len(records(out)) == epochs_logged
+    code, again, _ = main_in_process(*args)                                   # identical: the finished run is reused
+    assert code == 0 and len(records(out)) == epochs_logged
+    assert again.strip() == f"run already complete (1/1 epochs) in {out}; choose another --output to train again"
     err = fail('--data', str(digits), '--output', str(out), '--epochs', '2', *SMALL, '--method', 'logits')
     assert f"checkpoint {out / 'checkpoint.pt'} was written by another configuration (" in err
     assert "epochs: checkpoint 1, now 2" in err and "method: checkpoint 'baseline', now 'logits'" in err
@@ -245,7 +247,10 @@ def test_impossible_device_and_unknown_weights(digits, tmp_path, fail):
     if torch.cuda.is_available(): pytest.skip('this machine has CUDA')
     assert 'CUDA is not available here' in fail('--data', str(digits), *SMALL, '--device', 'cuda')
     err = fail('--data', str(digits), '--teacher', 'vit_b_16', '--teacher-weights', 'IMAGENET_NOPE', '--device', 'cpu')
-    assert "unknown vit_b_16 weights 'IMAGENET_NOPE'; valid values are: IMAGENET1K_V1" in err
+    assert "unknown vit_b_16 weights 'IMAGENET_NOPE' (did you mean IMAGENET1K_V1?); valid values are: IMAGENET1K_V1" \
+        in err
+    err = fail('--data', str(digits), *SMALL, '--model', 'resnet5O', '--output', str(tmp_path / 'm'))
+    assert '--model resnet5O: not a torchvision classification model (did you mean resnet50?)' in err
 
 
 def test_fewer_than_five_classes_reports_top_k(digits, tmp_path, main_in_process):
@@ -335,7 +340,8 @@ def test_short_cakd_run_distils_in_every_epoch(digits, tmp_path, main_in_process
     code, stdout, err = main_in_process('--method', 'cakd', '--data', digits, '--output', out, '--epochs', 2,
                                         '--max-steps-per-epoch', 4, *SMALL)
     assert code == 0, err[-2000:]
-    assert 'distillation weight: 0 until epoch 0.417, rising to 0.2 at epoch 0.583 of 2' in stdout
+    assert ('distillation weight: 0 until epoch 0.42 (step 2), rising to 0.2 at epoch 0.58 (step 2), of 2 epochs of 4 '
+            'steps') in stdout
     for ep in records(out):
         assert {'train_attn', 'train_vv', 'train_feat', 'train_cls', 'train_kd', 'train_adv'} <= set(ep), ep['epoch']
 
@@ -381,6 +387,8 @@ def test_transfer_set_bad_input_is_named(digits, tmp_path, fail, main_in_process
             *SMALL]
     err = fail(*args, '--unlabeled', str(tmp_path / 'nowhere'))
     assert f"--unlabeled {tmp_path / 'nowhere'}: no such folder" in err
+    a_file = next((digits / 'train').rglob('*.jpg'))
+    assert f"--unlabeled {a_file}: a file; expected a folder of images" in fail(*args, '--unlabeled', str(a_file))
     (tmp_path / 'empty').mkdir()
     assert 'no images' in fail(*args, '--unlabeled', str(tmp_path / 'empty'))
     flat = tmp_path / 'flat'
@@ -461,3 +469,34 @@ def test_arms_that_build_other_modules_see_the_same_batches(digits, tmp_path, te
         assert torch.equal(xa, xb) and torch.equal(ya, yb) and torch.equal(ua, ub)
     for (k, v), w in zip(on.student.state_dict().items(), off.student.state_dict().values()):
         if v.is_floating_point(): assert torch.allclose(v, w, atol=1e-5, rtol=0), k
+
+
+@pytest.mark.parametrize('method', ['dist', 'ofa'])
+def test_dist_and_ofa_log_their_terms_and_export_a_stock_student(digits, tmp_path, method, main_in_process):
+    out = tmp_path / method
+    code, stdout, err = main_in_process('--method', method, '--data', digits, '--output', out, '--epochs', 1,
+                                        '--max-steps-per-epoch', 3, *SMALL)
+    assert code == 0, err[-2000:]
+    (ep,) = records(out)
+    assert ep['train_kd'] > 0 and ('train_ofa' in ep) == (method == 'ofa')
+    assert not {'train_attn', 'train_adv', 'train_cls'} & set(ep)                # no CAKD term, no discriminator
+    if method == 'ofa': assert ep['train_ofa'] > ep['train_kd']                   # four branches, summed
+    plain = torchvision.models.resnet18(num_classes=10)
+    plain.load_state_dict(torch.load(out / 'student_last.pt', weights_only=True))   # the branches are not in it
+    err = main_in_process('--method', 'ofa', '--data', digits, '--output', tmp_path / 'u', *SMALL,
+                          '--unlabeled', digits / 'train')[2]
+    assert 'OFA (--method ofa) needs the label of every image' in err
+
+
+def test_cakd_with_a_small_timm_swin_teacher_logs_attention(digits, tmp_path, main_in_process):
+    swin = ['--teacher', 'timm:swin_tiny_patch4_window7_224', '--teacher-weights', 'none', '--teacher-options',
+            json.dumps({'img_size': 32, 'patch_size': 4, 'window_size': 4, 'embed_dim': 48, 'depths': [2, 2],
+                        'num_heads': [3, 6], 'num_classes': 10})]
+    out = tmp_path / 'swin'
+    code, stdout, err = main_in_process('--method', 'cakd', '--data', digits, '--output', out, '--epochs', 1,
+                                        '--max-steps-per-epoch', 3, '--preset.ramp', 'none', '--preset.disc', 'token',
+                                        *SMALL[:-len(TEACHER)], *swin)          # 16 tokens: too few for the PatchGAN
+    assert code == 0, err[-2000:]
+    assert 'tap layer2' in stdout and 'the teacher has no class token (Swin): the cls term is off' in stdout
+    (ep,) = records(out)
+    assert ep['train_attn'] > 0 and ep['train_vv'] > 0 and ep['train_adv'] > 0 and 'train_cls' not in ep

@@ -17,7 +17,6 @@ from pathlib import Path
 import nbdev.doclinks
 import nbformat
 import yaml
-from latex2mathml.converter import convert
 from nbconvert import HTMLExporter
 from nbconvert.preprocessors import TagRemovePreprocessor
 from nbdev.config import get_config
@@ -87,6 +86,7 @@ def asis(outputs) -> str:
 
 def markdown(text: str) -> str:
     "Pandoc's link attributes dropped and display maths written as MathML, outside code."
+    from latex2mathml.converter import convert          # only the fallback needs it: Quarto renders maths itself
     def prose(piece): return DISPLAY_MATH.sub(lambda m: '\n\n' + convert(m[1].strip(), display='block') + '\n\n',
                                               PANDOC_ATTRIBUTES.sub(r'\1', piece))
     return ''.join(p if CODE.fullmatch(p) else prose(p) for p in CODE.split(text))
