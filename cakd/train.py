@@ -33,7 +33,7 @@ from .runs import read_records, recorded_teacher
 
 # %% auto #0
 __all__ = ['USER_ERRORS', 'make_scheduler', 'Schedules', 'tidy', 'scalar_tag', 'append_csv', 'RunLog', 'Stop',
-           'StopFlag', 'Evaluator', 'Trainer', 'progress', 'show_loss', 'epoch_line', 'resize_note', 'schedule_line',
+           'StopFlag', 'Evaluator', 'Trainer', 'progress', 'advance', 'epoch_line', 'resize_note', 'schedule_line',
            'train']
 
 # %% ../nbs/11_train.ipynb #c8daba7f
@@ -346,22 +346,22 @@ def train_epoch(self: Trainer) -> tuple:
     c, e = self.cfg, self.env
     (loader, transfer), sums, n, steps, skipped, t0, done = self.loaders(), {}, 0, 0, 0, time.time(), self.skip
     self.distiller.train()
-    bar = progress(loader, e.main, f'epoch {self.epoch + 1}/{c.epochs}', self.epoch_steps, done)
+    bar = progress(e.main, f'epoch {self.epoch + 1}/{c.epochs}', self.epoch_steps, done)
     try:
-        for (x, y, n_bad), (xu, _, u_bad) in zip(bar, transfer or repeat_none()):
+        for (x, y, n_bad), (xu, _, u_bad) in zip(loader, transfer or repeat_none()):
             skipped += n_bad + u_bad
             if x is not None:
                 logs = self.train_batch(x, y, done, xu)
                 done, steps, n = done + 1, steps + 1, n + len(x)
                 for k, v in logs.items(): sums[k] = sums.get(k, 0.0) + v
-                show_loss(bar, sums, steps)
+                advance(bar, sums, steps)
                 if self.distiller.steps % c.print_freq == 0: self.log_step(logs, n * e.world / (time.time() - t0))
             if self.stop.agreed():
                 self.save(batches_done=done)
                 raise Stop()
             if c.max_steps_per_epoch is not None and done >= c.max_steps_per_epoch: break
     finally:
-        if hasattr(bar, 'close'): bar.close()                  # the next line starts on a line of its own
+        if bar is not None: bar.close()                        # the next line starts on a line of its own
     self.skip, self.images = 0, n
     return mean_over_ranks(sums, steps, skipped, e.world)
 
@@ -373,16 +373,18 @@ def log_step(self: Trainer, logs: dict, img_per_s: float):
              echo=not sys.stderr.isatty())
 
 # %% ../nbs/11_train.ipynb #4ed61a6d
-def progress(loader, main: bool, desc: str, total: int | None = None, initial: int = 0):
-    "`loader` with a tqdm bar of `total` steps on rank 0 when tqdm is installed and output is a terminal."
-    if not main or not sys.stderr.isatty(): return loader
+def progress(main: bool, desc: str, total: int, initial: int = 0):
+    "A tqdm bar of `total` steps on rank 0 when tqdm is installed and output is a terminal; else None."
+    if not main or not sys.stderr.isatty(): return None
     try: from tqdm.auto import tqdm
-    except ImportError: return loader
-    return tqdm(loader, desc=desc, total=total, initial=initial, dynamic_ncols=True, leave=False)
+    except ImportError: return None
+    return tqdm(desc=desc, total=total, initial=initial, dynamic_ncols=True, leave=False)
 
-def show_loss(bar, sums: dict, steps: int):
-    "The epoch's running mean loss on its bar (when there is one)."
-    if hasattr(bar, 'set_postfix_str'): bar.set_postfix_str(f"loss {sums['loss'] / steps:.4f}", refresh=False)
+def advance(bar, sums: dict, steps: int):
+    "One step more on the bar (when there is one), with the epoch's running mean loss."
+    if bar is None: return
+    bar.set_postfix_str(f"loss {sums['loss'] / steps:.4f}", refresh=False)
+    bar.update(1)
 
 # %% ../nbs/11_train.ipynb #3236157b
 @patch

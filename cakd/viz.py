@@ -81,7 +81,8 @@ def gain_plot(gains: dict, title: str = 'paired top-1 difference per seed (point
         ax.bar(i, g['mean'], color='#9ecae1', yerr=[[g['mean'] - lo], [hi - g['mean']]], capsize=4)
         ax.plot([i] * len(g['per_seed']), g['per_seed'], 'o', color='#08519c', ms=5)
     ax.axhline(0, color='k', lw=0.8)
-    labels = [f"{textwrap.fill(m, wrap, break_long_words=False)}\n({g['positive']}/{count(g['n'], 'seed')} > 0)" for m, g in gains.items()]
+    name = lambda m: textwrap.fill(m, wrap, break_long_words=False)
+    labels = [f"{name(m)}\n({g['positive']}/{count(g['n'], 'seed')} > 0)" for m, g in gains.items()]
     ax.set_xticks(range(len(gains)), labels, fontsize=8)
     ax.set_xlim(-0.7, len(gains) - 0.3)
     ax.set_ylabel('difference (points)')

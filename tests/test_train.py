@@ -500,3 +500,29 @@ def test_cakd_with_a_small_timm_swin_teacher_logs_attention(digits, tmp_path, ma
     assert 'tap layer2' in stdout and 'the teacher has no class token (Swin): the cls term is off' in stdout
     (ep,) = records(out)
     assert ep['train_attn'] > 0 and ep['train_vv'] > 0 and ep['train_adv'] > 0 and 'train_cls' not in ep
+
+
+def test_terminal_bar_shows_the_loss_and_closes_before_the_epoch_line(digits, tmp_path):
+    "In a terminal (a pseudo-terminal here) the bar counts this epoch's steps, shows the running loss, and goes."
+    import fcntl
+    import pty
+    import re
+    import struct
+    import termios
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack('HHHH', 24, 120, 0, 0))      # a 120-column terminal
+    proc = subprocess.Popen([str(BIN / 'cakd-train'), '--data', str(digits), '--output', str(tmp_path / 'tty'),
+                             '--epochs', '1', '--max-steps-per-epoch', '3', *SMALL], stdout=slave, stderr=slave,
+                            env={**ENV, 'COLUMNS': '120'})
+    os.close(slave)
+    out = b''
+    while True:
+        try: chunk = os.read(master, 4096)
+        except OSError: break                                                      # the child closed the terminal
+        if not chunk: break
+        out += chunk
+    assert proc.wait(timeout=300) == 0, out.decode(errors='replace')[-2000:]
+    text = out.decode(errors='replace')
+    assert re.search(r'epoch 1/1: 100%.*3/3 .*loss \d+\.\d{4}', text), text[-2000:]     # not 24/25, and the loss
+    lines = text.replace('\r', '\n').splitlines()
+    assert any(line.startswith('[rank 0/1] epoch 1/1: loss ') for line in lines), lines[-5:]   # on a line of its own
