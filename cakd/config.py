@@ -466,8 +466,8 @@ def build_parser(defaults: TrainConfig | None = None) -> argparse.ArgumentParser
     p = Parser(prog='cakd-train', allow_abbrev=False, formatter_class=HelpFormatter,
                usage='%(prog)s [--method METHOD] [--data DIR] [--output DIR] [OPTION ...]',
                epilog=method_table(help_width()) + '\n\n' + EXAMPLES,
-               description='Train a CNN student by baseline, KD, DKD, logits KD or CAKD, or fine-tune its ViT '
-                           'teacher (--method finetune).')
+               description='Train a CNN student from a ViT or Swin teacher by CAKD, logits KD, KD, DKD, DIST or '
+                           'OFA-KD (or plain cross-entropy), or fine-tune the teacher (--method finetune).')
     p.add_argument('--config', metavar='YAML', help='YAML file of options (flags given here override it)')
     for group in GROUPS:
         g = p.add_argument_group(group.__doc__)

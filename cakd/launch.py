@@ -101,7 +101,8 @@ def run_many(cfgs: list, jobs: int = 2, say=print) -> list:
     env = {**os.environ, 'OMP_NUM_THREADS': str(threads), 'PYTHONUNBUFFERED': '1'}
     pending, running, records = list(enumerate(cfgs)), {}, [None] * len(cfgs)
     t0, took = time.time(), []
-    say(f"training {len(cfgs)} runs, {jobs} at a time (each run's output: its folder's stdout.log)")
+    say(f"{len(cfgs)} runs, {jobs} at a time (a folder that holds its finished run is reused; each run's output: "
+        "its folder's stdout.log)")
     try:
         while pending or running:
             while pending and len(running) < jobs:

@@ -84,7 +84,7 @@ def test_make_reproduce_with_tiny_parameters(tiny_reproduce, tiny_calibration):
             assert p['n'] == 2 and p['per_seed'] == pytest.approx(expected)
             assert p['ci95'][0] <= p['mean'] <= p['ci95'][1] or p['sd'] != p['sd']       # an interval (nan: no spread)
     log = (out / 'make.log').read_text()                                    # long work is not silent: a line a run
-    assert 'training 8 runs, 2 at a time' in log and '[8/8] ' in log and 'all done in' in log
+    assert '8 runs, 2 at a time' in log and '[8/8] ' in log and 'all done in' in log
     assert re.search(r'\[1/8\] \S+_seed\d: top-1 \d+\.\d in \d+ s; 7 left, about [\d.]+ min to go', log), log[-3000:]
     sel = res['protocol']['selection']
     assert sel['file'] == str(tiny_calibration[1]) and not set(sel['dev_seeds']) & set(res['protocol']['test_seeds'])
