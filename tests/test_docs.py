@@ -316,6 +316,9 @@ def test_make_test_fast_is_the_notebooks_and_the_tests_that_train_nothing():
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert any('tools/check-sync' in l for l in lines) and any('nbdev_test --n_workers 2' in l for l in lines)
+    (nb_line,) = [l for l in lines if 'nbdev_test' in l]
+    skipped = re.search(r"--skip_file_re '\^\((.*)\)'", nb_line).group(1).split('|')
+    assert all((ROOT / 'nbs' / f'{n}.ipynb').is_file() for n in skipped) and len(skipped) <= 3   # real notebooks
     (pytest_line,) = [l for l in lines if '-m pytest' in l]
     files = [w for w in pytest_line.split() if w.startswith('tests/')]
     assert '-m "not slow"' in pytest_line and files and all((ROOT / f).is_file() for f in files)
