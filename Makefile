@@ -4,7 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cakd-installed
 
-.PHONY: venv test test-fast sync nbtest pytest export bench reproduce calibrate ablation imagenet cifar100 attention results lab docs readme
+.PHONY: venv test test-fast sync nbtest pytest export bench readme docs lab
+.PHONY: reproduce calibrate ablation imagenet cifar100 attention results
 
 $(STAMP): setup.py settings.ini
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -32,7 +33,7 @@ FAST_TESTS ?= tests/test_cli.py tests/test_package.py tests/test_wrappers.py tes
 # the notebooks that train whole runs, left to make test
 FAST_SKIP ?= ^(06a_diagnostics|11_train|11b_cli)
 
-test-fast: sync                     ## the edit loop (under 3 minutes on 2 cores): the notebooks and tests that train nothing
+test-fast: sync                     ## the edit loop (under 3 min on 2 cores): notebooks and tests that train nothing
 	$(VENV)/bin/nbdev_test --n_workers 2 --skip_file_re '$(FAST_SKIP)'
 	$(PY) -m pytest -q -n 2 -m "not slow" $(FAST_TESTS)
 

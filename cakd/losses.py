@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from .presets import KD_KINDS, LOSS_TERMS, Preset, check_choice
 
 # %% auto #0
-__all__ = ['ce_loss', 'kd_loss', 'feature_loss', 'dkd_loss', 'pearson', 'dist_loss', 'ofa_loss', 'logits_term',
-           'total_loss']
+__all__ = ['ce_loss', 'kd_loss', 'feature_loss', 'label_targets', 'dkd_loss', 'pearson', 'dist_loss', 'ofa_loss',
+           'logits_term', 'total_loss']
 
 # %% ../nbs/05_losses.ipynb #26213f55
 def ce_loss(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -36,14 +36,20 @@ def feature_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(student, teacher.detach())
 
 # %% ../nbs/05_losses.ipynb #7d4bee62
+def label_targets(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, what: str) -> torch.Tensor:
+    "The class of each image `(B,)` (soft targets: their top class), after checking logits and labels agree."
+    if student.shape != teacher.shape:
+        raise ValueError(f"student logits {tuple(student.shape)} and teacher logits {tuple(teacher.shape)} differ")
+    target = target.argmax(-1) if target.ndim == 2 else target
+    if target.shape != student.shape[:1]:
+        raise ValueError(f"{what} needs one label per image: got labels {tuple(target.shape)} for logits "
+                         f"{tuple(student.shape)}")
+    return target
+
 def dkd_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, alpha: float = 1.0,
              beta: float = 8.0, T: float = 4.0) -> torch.Tensor:
     "Decoupled KD: `T²·(α·TCKD + β·NCKD)` for student and teacher logits `(B, K)` and labels `(B,)`."
-    if student.shape != teacher.shape:
-        raise ValueError(f"student logits {tuple(student.shape)} and teacher logits {tuple(teacher.shape)} differ")
-    (B, K), target = student.shape, target.argmax(-1) if target.ndim == 2 else target
-    if target.shape != (B,):
-        raise ValueError(f"DKD needs one label per image: got labels {tuple(target.shape)} for logits {(B, K)}")
+    (B, K), target = student.shape, label_targets(student, teacher, target, 'DKD')
     gt = F.one_hot(target, K).bool()
     zs, zt = student / T, teacher.detach() / T
     ps, pt = zs.softmax(-1), zt.softmax(-1)
@@ -61,7 +67,7 @@ def pearson(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor
 
 def dist_loss(student: torch.Tensor, teacher: torch.Tensor, beta: float = 1.0, gamma: float = 1.0,
               T: float = 1.0) -> torch.Tensor:
-    "DIST: `T²·(β·(1 − mean inter-class ρ) + γ·(1 − mean intra-class ρ))` of logits `(B, K)`; teacher constant."
+    "DIST: `T²·(β·(1 − mean inter-class ρ) + γ·(1 − mean intra-class ρ))` of logits `(B, K)`."
     if student.shape != teacher.shape:
         raise ValueError(f"student logits {tuple(student.shape)} and teacher logits {tuple(teacher.shape)} differ")
     ps, pt = (student / T).softmax(-1), (teacher.detach() / T).softmax(-1)
@@ -72,13 +78,8 @@ def dist_loss(student: torch.Tensor, teacher: torch.Tensor, beta: float = 1.0, g
 # %% ../nbs/05_losses.ipynb #2b9d2cfb
 def ofa_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, eps: float = 1.0,
              T: float = 1.0) -> torch.Tensor:
-    "OFA-KD: `−mean_i Σ_c ((p_t + m)^ε − m)·log p_s` for logits `(B, K)` and labels `(B,)` (soft: their top class)."
-    if student.shape != teacher.shape:
-        raise ValueError(f"student logits {tuple(student.shape)} and teacher logits {tuple(teacher.shape)} differ")
-    (B, K), target = student.shape, target.argmax(-1) if target.ndim == 2 else target
-    if target.shape != (B,):
-        raise ValueError(f"OFA needs one label per image: got labels {tuple(target.shape)} for logits {(B, K)}")
-    m = F.one_hot(target, K).to(student.dtype)
+    "OFA-KD: `−mean_i Σ_c ((p_t + m)^ε − m)·log p_s`, logits `(B, K)`, labels `(B,)` (soft: their top class)."
+    m = F.one_hot(label_targets(student, teacher, target, 'OFA'), student.shape[1]).to(student.dtype)
     weight = ((teacher.detach() / T).softmax(-1) + m) ** eps - m
     return -(weight * (student / T).log_softmax(-1)).sum(-1).mean()
 

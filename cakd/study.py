@@ -97,8 +97,8 @@ def scaled_arm(multiplier: float, tap: str, name: str | None = None) -> Arm:
                f'CAKD official, attention/V·Vᵀ/GL weights x{multiplier:g}, tap {tap}')
 
 # %% ../nbs/15_study.ipynb #90d2238b
-PART_NAMES = dict(kd='logits term', attn='attention', vv='V·Vᵀ', feat='GL tokens', cls='cls token', adv='adversarial',
-                  swap='partially cross swap', mvg='multi-view generator', disc='discriminator')
+PART_NAMES = dict(kd='logits term', attn='attention', vv='V·Vᵀ', feat='GL tokens', cls='cls token',
+                  adv='adversarial', swap='partially cross swap', mvg='multi-view generator', disc='discriminator')
 
 def part_label(arm: str, part: str) -> str:
     "`calibrated − attention`: arm `arm` without `part`, as the ablation's table, figure and the README name it."

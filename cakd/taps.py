@@ -31,7 +31,7 @@ class TeacherFeatures:
     logits: torch.Tensor  # (B, classes)
     prefix: int           # number of leading non-patch tokens (cls, distillation, registers)
     grid: tuple           # (h, w) patch grid, h * w = N
-    bias: torch.Tensor | None = None   # (1, heads, N, N) added to Q·Kᵀ/√d before the softmax (Swin's position bias)
+    bias: torch.Tensor | None = None   # (1, heads, N, N) added to Q·Kᵀ/√d before the softmax (Swin's)
 
     @property
     def patch_qkv(self):
