@@ -5,14 +5,15 @@
 # %% ../nbs/08a_arms.ipynb #8ebe81c3
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 
-from .checkpoint import RUN_INDEPENDENT, field_changes
+from .checkpoint import RUN_INDEPENDENT, field_changes, flat_fields
 from .config import METHODS, TrainConfig
 from .presets import check_known, merge_changes
 
 # %% auto #0
-__all__ = ['RECIPE_FIELDS', 'CROSS_TERMS', 'ARMS', 'Arm', 'pinned_recipe', 'arm_config', 'check_arms']
+__all__ = ['RECIPE_FIELDS', 'CROSS_TERMS', 'ARMS', 'Arm', 'pinned_recipe', 'arm_config', 'preset_problems',
+           'check_arms']
 
 # %% ../nbs/08a_arms.ipynb #6ae9bc04
 RECIPE_FIELDS = tuple(dict.fromkeys(k for m in METHODS.values() for k in m.recipe))
@@ -53,11 +54,31 @@ def arm_config(arm: Arm, recipe: dict, **common) -> TrainConfig:
     preset = merge_changes(common.pop('preset', None), declared.pop('preset', None))
     return TrainConfig.for_method(arm.method, **{**recipe, **common, **declared}, preset=preset)
 
+def _preset_fields(cfg: TrainConfig, method: str | None = None) -> dict:
+    "The resolved preset of `cfg` as dotted fields, or with `method`, that method's own preset for `cfg`'s run."
+    own = lambda: TrainConfig.for_method(method, dataset=cfg.dataset, epochs=cfg.epochs).preset
+    preset = cfg.preset if method is None else own()
+    return flat_fields(asdict(preset))
+
+def preset_problems(a: TrainConfig, b: TrainConfig, declared: set) -> list:
+    """The preset fields, not in `declared`, in which `a` and `b` differ while not both at their methods' own values:
+    a change that one arm makes and the other does not, unless an arm declares it."""
+    va, vb, da, db = _preset_fields(a), _preset_fields(b), _preset_fields(a, a.method), _preset_fields(b, b.method)
+    keys = sorted((va.keys() | vb.keys()) - {'name'})
+    undeclared = [k for k in keys if not any(k == d or k.startswith(d + '.') for d in declared)]
+    own = lambda k: va.get(k) == da.get(k) and vb.get(k) == db.get(k)
+    differ = [k for k in undeclared if va.get(k) != vb.get(k) and not own(k)]
+    return [f"preset.{k}: {va.get(k)!r} against {vb.get(k)!r}" for k in differ]
+
 def check_arms(configs: dict, arms: dict) -> None:
-    "Refuse arm configs (`{arm name: TrainConfig}`) that differ in a field none of the two arms declares."
+    """Refuse arm configs (`{arm name: TrainConfig}`) that differ in a field none of the two arms declares, the
+    resolved preset's fields included (a change of ramp, smoothing or temperature that one arm alone carries)."""
     (first, ref), problems = next(iter(configs.items())), []
     for name, cfg in configs.items():
-        allowed = {'method', 'preset', *RUN_INDEPENDENT, *arms[first].changes, *arms[name].changes}
+        changes = {**arms[first].changes, **arms[name].changes}
+        allowed = {'method', 'preset', *RUN_INDEPENDENT, *changes}
         diff = field_changes(ref.to_dict(), cfg.to_dict(), allowed, first, name)
+        declared = {k for a in (first, name) for k in flat_fields(arms[a].changes.get('preset', {}))}
+        diff += preset_problems(ref, cfg, declared)
         problems += [f"{name} against {first}: {c}" for c in diff]
     if problems: raise ValueError("arms differ in fields they do not declare: " + '; '.join(problems))
