@@ -12,7 +12,7 @@ import torch
 
 # %% auto #0
 __all__ = ['SPLITS', 'digit_pools', 'cluttered_sample', 'ClutteredDigits', 'cluttered_digits', 'box_cover',
-           'mass_in_box', 'box_share', 'localisation', 'show_cluttered']
+           'mass_in_box', 'box_share', 'localisation', 'teacher_map', 'write_cluttered', 'show_cluttered']
 
 # %% ../nbs/07b_cluttered.ipynb #736a9a96
 SPLITS = ('train', 'val')
@@ -120,6 +120,35 @@ def localisation(maps: torch.Tensor, boxes: torch.Tensor, image_size: tuple) -> 
     "Mean mass in the box, mean box share and their ratio (1: no localisation) of maps (N, h, w)."
     mass, share = mass_in_box(maps, boxes, image_size).mean().item(), box_share(boxes, image_size).mean().item()
     return dict(mass_in_box=mass, box_share=share, ratio=mass / share)
+
+# %% ../nbs/07b_cluttered.ipynb #67e5a5df
+def teacher_map(f) -> torch.Tensor:
+    "The class token's attention over the patches (mean over heads), or the mean over queries: (B, h, w)."
+    scale = f.q.shape[-1] ** -0.5
+    logits = f.q.float() @ f.k.float().transpose(-2, -1) * scale           # (B, heads, T, T)
+    p = f.prefix
+    if p:
+        attn = logits[:, :, 0].softmax(-1)[:, :, p:]                       # (B, heads, N): cls row, patch keys
+    else:
+        attn = (logits + (0 if f.bias is None else f.bias)).softmax(-1).mean(2)   # (B, heads, N)
+    return attn.mean(1).reshape(-1, *f.grid)                               # (B, h, w)
+
+# %% ../nbs/07b_cluttered.ipynb #11882abc
+def write_cluttered(root, n_train: int, n_val: int, seed: int = 0, **shape):
+    "Write `n_train` and `n_val` cluttered digits as a PNG ImageFolder under `root`, boxes in `<split>/boxes.json`."
+    import json
+    from pathlib import Path
+    from PIL import Image
+    root = Path(root)
+    for split, n in (('train', n_train), ('val', n_val)):
+        d, boxes = cluttered_digits(n, split, seed, **shape), {}
+        for i, (img, label, box) in enumerate(zip(d['images'][:, 0], d['labels'], d['boxes'])):
+            name = f"{int(label)}/{i:05d}.png"
+            (root / split / str(int(label))).mkdir(parents=True, exist_ok=True)
+            Image.fromarray((img.numpy() * 255).round().astype(np.uint8)).convert('RGB').save(root / split / name)
+            boxes[name] = box.tolist()
+        (root / split / 'boxes.json').write_text(json.dumps(boxes))
+    return root
 
 # %% ../nbs/07b_cluttered.ipynb #56d43d34
 def show_cluttered(images: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor, maps: torch.Tensor | None = None,
