@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch.distributed as dist
 import torchvision
 from torch import nn
 
-from .checkpoint import read_checkpoint
+from .checkpoint import CheckpointError, read_checkpoint
 from .config import TrainConfig, get_method
 from .presets import did_you_mean
 from .core import (IMAGENET_MEAN, IMAGENET_STD, Env, check_choice, clean_state_dict, derive_seed, get_module,
@@ -27,17 +28,34 @@ from .distiller import Distiller
 from .taps import TeacherTap
 
 # %% auto #0
-__all__ = ['WEIGHT_SUFFIXES', 'STUDENT_NORM', 'is_weights_file', 'read_weights', 'load_state_dict', 'head_classes',
-           'build_teacher', 'teacher_classes', 'check_teacher_classes', 'build_student', 'read_class_map',
-           'build_distiller', 'replace_head', 'vit_input_size', 'build_finetune', 'teacher_file', 'val_resizes',
-           'build_loaders', 'step_options', 'open_run_data', 'build_run_distiller', 'run_warnings']
+__all__ = ['WEIGHT_SUFFIXES', 'NO_WEIGHTS', 'STUDENT_NORM', 'is_weights_file', 'read_weights', 'load_state_dict',
+           'head_classes', 'check_timm_weights', 'build_teacher', 'weights_line', 'teacher_classes',
+           'check_teacher_classes', 'build_student', 'read_class_map', 'build_distiller', 'replace_head',
+           'vit_input_size', 'build_finetune', 'teacher_file', 'val_resizes', 'build_loaders', 'step_options',
+           'open_run_data', 'build_run_distiller', 'run_warnings']
 
 # %% ../nbs/10_build.ipynb #3a11f753
-WEIGHT_SUFFIXES = ('.pt', '.pth', '.safetensors')
+WEIGHT_SUFFIXES = ('.pt', '.pth', '.bin', '.ckpt', '.tar', '.safetensors')   # .tar: timm's model_best.pth.tar
+NO_WEIGHTS = (None, 'none')
 
 def is_weights_file(name: str | None) -> bool:
-    "Whether `name` (a `--teacher-weights` value) names a local weights file rather than a weights enum."
-    return name is not None and Path(name).suffix in WEIGHT_SUFFIXES
+    """Whether `name` (a `--teacher-weights` value) names a local weights file rather than a weights enum,
+    'pretrained' or none: a weights suffix, a folder in the name, or a file that exists."""
+    if name in NO_WEIGHTS or name == 'pretrained': return False
+    return Path(name).suffix in WEIGHT_SUFFIXES or '/' in name or os.sep in name or Path(name).is_file()
+
+def _unwrap(sd: dict, path: Path) -> dict:
+    "The state dict inside a checkpoint dict (cakd-train's, timm's `state_dict`/`state_dict_ema`, `model`)."
+    if isinstance(sd.get('distiller'), dict):                 # a cakd-train checkpoint: its student
+        sd = {k[len('student.'):]: v for k, v in sd['distiller'].items() if k.startswith('student.')}
+    for k in ('model', 'state_dict', 'state_dict_ema', 'student'):
+        if isinstance(sd.get(k), dict) and sd[k]: sd = sd[k]
+    if not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        keys = ', '.join(map(str, list(sd)[:6])) or 'none'
+        raise CheckpointError(f"{path} holds no state dict of tensors (its keys: {keys}); expected a model's "
+                              "state_dict, a dict with one under 'model', 'state_dict' or 'state_dict_ema', or a "
+                              "cakd-train checkpoint")
+    return sd
 
 def read_weights(path: str | Path) -> dict:
     "A weights file read by `read_checkpoint`, once: a run's start asks for its teacher's file several times."
@@ -56,12 +74,7 @@ def load_state_dict(path: str | Path) -> dict:
     if path.suffix == '.safetensors':
         from safetensors.torch import load_file
         return clean_state_dict(load_file(str(path)))
-    sd = read_weights(path)                                   # the safe reader, with its clear refusals
-    if isinstance(sd.get('distiller'), dict):                 # a cakd-train checkpoint: its student
-        sd = {k[len('student.'):]: v for k, v in sd['distiller'].items() if k.startswith('student.')}
-    for k in ('model', 'state_dict', 'student'):
-        if isinstance(sd.get(k), dict): sd = sd[k]
-    return clean_state_dict(sd)
+    return clean_state_dict(_unwrap(read_weights(path), path))   # the safe reader, with its clear refusals
 
 def head_classes(sd: dict) -> int | None:
     "Class count of a classifier's state dict, read from the last 2-D `head`/`heads`/`fc` weight."
@@ -73,7 +86,7 @@ def head_classes(sd: dict) -> int | None:
 def _torchvision_weights(cfg: TrainConfig):
     "The torchvision weights enum that `--teacher-weights` names (None for random weights or a file)."
     w = cfg.teacher_weights
-    if w in (None, 'none') or is_weights_file(w): return None
+    if w in NO_WEIGHTS or is_weights_file(w): return None
     enum = torchvision.models.get_model_weights(cfg.teacher)
     return enum[check_choice(w, [e.name for e in enum], f'{cfg.teacher} weights')]
 
@@ -82,15 +95,24 @@ def _download_error(cfg: TrainConfig, err: Exception) -> FileNotFoundError:
                              f"machine without network, download them elsewhere and pass the file: "
                              f"--teacher-weights PATH.pth (or .safetensors)")
 
+def check_timm_weights(cfg: TrainConfig) -> bool:
+    "Whether the teacher is a timm model; refuse a `--teacher-weights` for it that is no file, 'pretrained' or none."
+    w, timm = cfg.teacher_weights, cfg.teacher.startswith('timm:')
+    if timm and not is_weights_file(w) and w not in (*NO_WEIGHTS, 'pretrained'):
+        raise FileNotFoundError(f"--teacher-weights {w}: no such file, and a timm teacher takes a weights file "
+                                f"({', '.join(WEIGHT_SUFFIXES)}), 'pretrained' or 'none'")
+    return timm
+
 def build_teacher(cfg: TrainConfig) -> tuple:
     "The teacher model and its input normalisation `(mean, std)`; `(None, None)` for `--teacher none`."
     if cfg.teacher == 'none': return None, None
     opts, w = dict(cfg.teacher_options), cfg.teacher_weights
+    timm = check_timm_weights(cfg)
     sd = load_state_dict(w) if is_weights_file(w) else None
     if sd is not None and head_classes(sd) is not None: opts.setdefault('num_classes', head_classes(sd))
     imagenet = (IMAGENET_MEAN, IMAGENET_STD)
     try:
-        if cfg.teacher.startswith('timm:'):
+        if timm:
             import timm
             m = timm.create_model(cfg.teacher[5:], pretrained=(w == 'pretrained'), **opts)
             own = (tuple(m.pretrained_cfg['mean']), tuple(m.pretrained_cfg['std']))
@@ -100,6 +122,14 @@ def build_teacher(cfg: TrainConfig) -> tuple:
     if sd is not None: m.load_state_dict(sd)
     return m, norm
 
+def weights_line(cfg: TrainConfig) -> str:
+    "What the teacher starts from, in words: its weights file, its named weights, or random weights (said so)."
+    w = cfg.teacher_weights
+    if is_weights_file(w): return f"teacher {cfg.teacher}: weights from {w}"
+    if w not in NO_WEIGHTS: return f"teacher {cfg.teacher}: {w} weights"
+    return (f"teacher {cfg.teacher}: RANDOM weights (--teacher-weights {w or 'none'}); it has nothing to teach "
+            "unless it is being fine-tuned")
+
 # %% ../nbs/10_build.ipynb #8ef91795
 def teacher_classes(cfg: TrainConfig) -> int | None:
     "How many classes the teacher of `cfg` predicts, found without downloading anything (None: no teacher)."
@@ -107,7 +137,7 @@ def teacher_classes(cfg: TrainConfig) -> int | None:
     w = cfg.teacher_weights
     if 'num_classes' in cfg.teacher_options: return int(cfg.teacher_options['num_classes'])
     if is_weights_file(w): return head_classes(load_state_dict(w))
-    if not cfg.teacher.startswith('timm:') and w not in (None, 'none'):
+    if not check_timm_weights(cfg) and w not in NO_WEIGHTS:
         return len(_torchvision_weights(cfg).meta['categories'])
     model, _ = build_teacher(replace(cfg, teacher_weights='none' if not cfg.teacher.startswith('timm:') else None))
     return last_linear(model).out_features

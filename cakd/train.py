@@ -22,6 +22,7 @@ from fastcore.basics import patch
 from torch import nn
 
 from .build import STUDENT_NORM, build_loaders, build_run_distiller, open_run_data, run_warnings, teacher_file
+from .build import weights_line
 from .checkpoint import CheckpointError, check_compatible, read_checkpoint, remove_stale_temps, rng_state
 from .checkpoint import save_atomic, set_rng_state
 from .config import TrainConfig, get_method
@@ -476,6 +477,7 @@ def announce(self: Trainer):
     trains = f"fine-tunes {c.teacher}" if get_method(c.method).finetunes else f"student {c.model}"
     say(f"device {e.device}, {len(self.train_ds)} training images, {len(self.classes)} classes, method {c.method}, "
         f"{trains}" + (f", tap {d.layer}" if d.layer else ''))
+    if d.teacher is not None and e.main: say(weights_line(c))
     ramp = c.preset.ramp
     if d.distils and ramp is not None: say(schedule_line(ramp, c.epochs, self.steps_per_epoch()))
     for w in run_warnings(c, e.world) if e.main else []: say(f"warning: {w}")
