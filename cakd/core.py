@@ -116,10 +116,10 @@ def average_gradients(module: nn.Module):
             torch.distributed.all_reduce(prm.grad)
             prm.grad /= world
 
-def mean_over_ranks(sums: dict, steps: int, skipped: int, world: int) -> tuple:
+def mean_over_ranks(sums: dict, steps: int, skipped: int, world: int, device: torch.device | None = None) -> tuple:
     "Per-step means of the logged sums over all ranks' steps, and the total number of skipped images."
-    keys = sorted(sums)
-    totals = torch.tensor([sums[k] for k in keys] + [steps, skipped], dtype=torch.float64)
+    keys = sorted(sums)                    # `device`: where the reduction runs (NCCL reduces CUDA tensors only)
+    totals = torch.tensor([sums[k] for k in keys] + [steps, skipped], dtype=torch.float64, device=device)
     if world > 1: torch.distributed.all_reduce(totals)
     return {k: v / max(1.0, totals[-2].item()) for k, v in zip(keys, totals.tolist())}, int(totals[-1])
 

@@ -143,7 +143,8 @@ class Stop(Exception): "Raised to leave the training loop after a signal."
 
 class StopFlag:
     "Inside `with flag:`, SIGTERM and SIGINT set `flag.signal`; `agreed()` is the one any rank got (0: none)."
-    def __init__(self, world: int = 1): self.world, self.signal, self._old = world, 0, {}
+    def __init__(self, world: int = 1, device: torch.device | None = None):   # device: where ranks agree (NCCL: CUDA)
+        self.world, self.device, self.signal, self._old = world, device, 0, {}
 
     def __enter__(self) -> 'StopFlag':
         self._old = {s: signal.signal(s, self._set) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -156,7 +157,7 @@ class StopFlag:
 
     def agreed(self) -> int:
         "The signal any process received (0: none), the same on every rank."
-        flag = torch.tensor([self.signal], dtype=torch.int64)
+        flag = torch.tensor([self.signal], dtype=torch.int64, device=self.device)
         if self.world > 1: dist.all_reduce(flag, dist.ReduceOp.MAX)
         self.signal = int(flag.item())
         return self.signal
@@ -234,7 +235,7 @@ class Trainer:
         teacher = d.teacher_logits if d.compares_logits else None      # no agreement or KL across class sets
         self.evaluate = Evaluator(val, env.device, len(self.classes), env.world, teacher, d.autocast)
         self.mix = batch_mix(len(self.classes), cfg.mixup_alpha, cfg.cutmix_alpha)
-        self.schedules, self.stop = Schedules(d.opt, d.d_opt, cfg), StopFlag(env.world)
+        self.schedules, self.stop = Schedules(d.opt, d.d_opt, cfg), StopFlag(env.world, env.device)
         self.epoch, self.skip, self.best, self.diag_batch = 0, 0, -1.0, None
         self.resume()
 
@@ -364,7 +365,7 @@ def train_epoch(self: Trainer) -> tuple:
     finally:
         if bar is not None: bar.close()                        # the next line starts on a line of its own
     self.skip, self.images = 0, n
-    return mean_over_ranks(sums, steps, skipped, e.world)
+    return mean_over_ranks(sums, steps, skipped, e.world, e.device)
 
 @patch
 def log_step(self: Trainer, logs: dict, img_per_s: float):
