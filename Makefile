@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cakd-installed
 
-.PHONY: venv test test-fast sync nbtest pytest export bench readme docs lab
+.PHONY: venv test test-fast sync nbtest pytest export bench gpu-check readme docs lab
 .PHONY: reproduce calibrate ablation imagenet cifar100 attention results
 
 $(STAMP): setup.py settings.ini
@@ -88,6 +88,10 @@ DOCS_OUT ?= _docs
 docs: venv                          ## the docs site in $(DOCS_OUT): nbdev_docs with Quarto, else nbdev_proc_nbs + nbconvert
 	$(PY) tools/docs.py --out $(DOCS_OUT)
 
+gpu-check: venv                     ## every CUDA path, run first on a GPU: runs/gpu_check/report.md
+	$(PY) bench/gpu_check.py $(ARGS)
+
 bench: venv                         ## benchmarks, measured side by side
 	$(PY) bench/gl.py
 	$(PY) bench/help.py
+	$(PY) bench/loader.py

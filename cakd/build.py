@@ -289,7 +289,7 @@ def build_run_distiller(cfg: TrainConfig, num_classes: int, env: Env):
     if cfg.channels_last: d.to(memory_format=torch.channels_last)
     d.setup(**step_options(cfg, env.world, env.rank))
     if env.world > 1: d.distribute(device_ids=[env.device.index] if env.device.index is not None else None)
-    if cfg.compile or cfg.compile_teacher: d.compile(student=cfg.compile, teacher=cfg.compile_teacher)
+    if cfg.compile or cfg.compile_teacher: d.compile(student=cfg.compile, head=cfg.compile, teacher=cfg.compile_teacher)
     return d
 
 # %% ../nbs/10_build.ipynb #18c70b59

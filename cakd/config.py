@@ -186,7 +186,7 @@ class SpeedOptions:
     "speed"
     amp: str = _opt('none', 'mixed precision (fp16 uses a gradient scaler)')
     channels_last: bool = _opt(False, 'channels-last memory format for the student')
-    compile: bool = _opt(False, 'torch.compile the student')
+    compile: bool = _opt(False, 'torch.compile the student and the projector head')
     compile_teacher: bool = _opt(False, 'torch.compile the teacher')
     sync_bn: bool = _opt(False, 'synchronise BatchNorm statistics across processes')
 

@@ -453,9 +453,10 @@ def distribute(self: Distiller, **ddp_kwargs) -> Distiller:
     return self
 
 @patch
-def compile(self: Distiller, student: bool = True, teacher: bool = False, **kwargs) -> Distiller:
-    "`torch.compile` the student and/or the teacher in place (`kwargs` go to `torch.compile`)."
+def compile(self: Distiller, student: bool = True, teacher: bool = False, head: bool = False, **kwargs) -> Distiller:
+    "`torch.compile` the student, the projector head and/or the teacher in place (`kwargs` go to `torch.compile`)."
     if student: self.student.compile(**kwargs)
+    if head: self.head.compile(**kwargs)
     if teacher and self.teacher is not None: self.teacher.compile(**kwargs)
     return self
 

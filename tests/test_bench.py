@@ -1,4 +1,5 @@
 """The benchmarks run (tiny sizes) and print the ratios they exist for; the real figures are in the notes."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,3 +29,41 @@ def test_bench_help_runs_and_prints_ratio():
     lines = run('help.py', '--reps', '1')
     assert lines[-1].startswith('help/torch-path = ') and float(lines[-1].split('=')[1]) > 0
     assert lines[0].startswith('cakd-train --help') and lines[0].endswith(' s')
+
+
+def test_gpu_check_on_the_cpu_runs_what_needs_no_cuda_and_skips_the_rest(tmp_path):
+    "The GPU check at tiny shapes (CI runs every group through `make gpu-check`; here the quick ones)."
+    import json
+    r = subprocess.run([sys.executable, str(ROOT / 'bench' / 'gpu_check.py'), '--device', 'cpu', '--out', str(tmp_path),
+                        '--only', 'environment,step,compile,torchrun'], capture_output=True, text=True, cwd=ROOT,
+                       env={**os.environ, 'CUDA_VISIBLE_DEVICES': ''}, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rep = json.loads((tmp_path / 'report.json').read_text())
+    checks = {c['name']: c for c in rep['checks']}
+    assert set(rep) >= {'device', 'seconds', 'counts', 'checks'} and rep['device'] == 'cpu'
+    assert all(set(c) == {'name', 'status', 'figure', 'seconds', 'detail'} for c in rep['checks'])
+    methods = ('logits', 'baseline', 'cakd_official', 'cakd_paper', 'kd', 'dist', 'ofa')
+    for m in methods:
+        for fmt in ('', ' channels_last'):
+            ran = checks[f'step {m} bf16{fmt}']
+            assert ran['status'] == 'ok' and ran['detail']['images_s'] > 0 and 'losses finite' in ran['figure']
+            assert checks[f'step {m} fp16{fmt}']['status'] == 'skipped'             # CUDA-only: skipped, not passed
+            assert checks[f'step {m} fp16{fmt}']['figure'].startswith('no CUDA')
+    assert 'x logits' in checks['step cakd_official none']['figure']
+    assert checks['compile cakd_official bf16 channels_last']['status'] == 'skipped'
+    assert checks['torchrun all GPUs (NCCL)']['status'] == 'skipped'
+    assert checks['torchrun 1 process: kill and resume = uninterrupted']['detail']['diff'] <= 1e-4
+    assert checks['torchrun 1 process: cakd-train digits 2 epochs']['status'] == 'ok'
+    assert rep['counts'] == {'ok': 31, 'FAILED': 0, 'skipped': 17}
+    assert 'skipped:  step kd fp16' in r.stdout and r.stdout.strip().splitlines()[-1].startswith('31 ok, 0 FAILED')
+    md = (tmp_path / 'report.md').read_text()
+    assert md.startswith('# cakd gpu-check on cpu') and '| step ofa fp16 channels_last | skipped | no CUDA' in md
+    assert (tmp_path / 'logs' / 'b2.log').exists() and not list(tmp_path.glob('torchrun-*'))   # scratch removed
+
+
+def test_loader_bench_prints_each_path_and_the_workers_needed():
+    lines = run('loader.py', '--images', '4', '--reps', '1', '--crop', '64', '--batch', '4',
+                '--step-images-per-s', '500')
+    assert lines[-1].startswith('the loader needs ') and ' workers per GPU to keep up' in lines[-1]
+    assert lines[-2].startswith('torchvision.io+v2/PIL = ')
+    assert sum('images/s' in l for l in lines) == 5

@@ -93,3 +93,9 @@ def test_readme_cifar100_commands_parse():
     assert dkd.teacher_weights == f'{ft.output}/teacher.pt'                 # the fine-tune's file, nothing else
     export = build_parser().parse_args(lines[3][1:])
     assert (export.run, export.format) == (dkd.output, 'onnx')
+
+
+def test_readme_gpu_check_is_the_command_ci_runs():
+    (block,) = sh_blocks('console')
+    assert block.split() == ['make', 'gpu-check']
+    assert 'make gpu-check' in (ROOT / '.ci' / 'run').read_text()              # CI runs it on the CPU
