@@ -32,10 +32,10 @@ def test_bench_help_runs_and_prints_ratio():
 
 
 def test_gpu_check_on_the_cpu_runs_what_needs_no_cuda_and_skips_the_rest(tmp_path):
-    "The GPU check at tiny shapes (CI runs every group through `make gpu-check`; here the quick ones)."
+    "The GPU check at tiny shapes: the quick groups here (CI runs every group, torchrun included, by make gpu-check)."
     import json
     r = subprocess.run([sys.executable, str(ROOT / 'bench' / 'gpu_check.py'), '--device', 'cpu', '--out', str(tmp_path),
-                        '--only', 'environment,step,compile,torchrun'], capture_output=True, text=True, cwd=ROOT,
+                        '--only', 'environment,step,compile'], capture_output=True, text=True, cwd=ROOT,
                        env={**os.environ, 'CUDA_VISIBLE_DEVICES': ''}, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rep = json.loads((tmp_path / 'report.json').read_text())
@@ -51,14 +51,10 @@ def test_gpu_check_on_the_cpu_runs_what_needs_no_cuda_and_skips_the_rest(tmp_pat
             assert checks[f'step {m} fp16{fmt}']['figure'].startswith('no CUDA')
     assert 'x logits' in checks['step cakd_official none']['figure']
     assert checks['compile cakd_official bf16 channels_last']['status'] == 'skipped'
-    assert checks['torchrun all GPUs (NCCL)']['status'] == 'skipped'
-    assert checks['torchrun 1 process: kill and resume = uninterrupted']['detail']['diff'] <= 1e-4
-    assert checks['torchrun 1 process: cakd-train digits 2 epochs']['status'] == 'ok'
-    assert rep['counts'] == {'ok': 31, 'FAILED': 0, 'skipped': 17}
-    assert 'skipped:  step kd fp16' in r.stdout and r.stdout.strip().splitlines()[-1].startswith('31 ok, 0 FAILED')
+    assert rep['counts'] == {'ok': 29, 'FAILED': 0, 'skipped': 16}
+    assert 'skipped:  step kd fp16' in r.stdout and r.stdout.strip().splitlines()[-1].startswith('29 ok, 0 FAILED')
     md = (tmp_path / 'report.md').read_text()
     assert md.startswith('# cakd gpu-check on cpu') and '| step ofa fp16 channels_last | skipped | no CUDA' in md
-    assert (tmp_path / 'logs' / 'b2.log').exists() and not list(tmp_path.glob('torchrun-*'))   # scratch removed
 
 
 def test_loader_bench_prints_each_path_and_the_workers_needed():
@@ -66,4 +62,4 @@ def test_loader_bench_prints_each_path_and_the_workers_needed():
                 '--step-images-per-s', '500')
     assert lines[-1].startswith('the loader needs ') and ' workers per GPU to keep up' in lines[-1]
     assert lines[-2].startswith('torchvision.io+v2/PIL = ')
-    assert sum('images/s' in l for l in lines) == 5
+    assert sum(l.endswith(' images/s') for l in lines) == 5                  # two decodes, two pipelines, mixup
