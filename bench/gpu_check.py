@@ -34,7 +34,7 @@ import step   # noqa: E402  (bench/step.py: the step code itself, not a copy)
 from report import Report, Skip   # noqa: E402
 from timing import interleaved   # noqa: E402
 
-from cakd.core import default_device   # noqa: E402
+from cakd.core import DeviceError, resolve_device   # noqa: E402
 
 METHODS = ('logits', 'baseline', 'cakd_official', 'cakd_paper', 'kd', 'dist', 'ofa')   # logits first: the ratios
 AMPS = ('none', 'bf16', 'fp16')
@@ -181,8 +181,8 @@ def main(argv=None) -> int:
     import runs   # bench/runs.py: torchrun, notebooks, loader
     argv = sys.argv[1:] if argv is None else argv
     a = parse(argv)
-    dev = torch.device(a.device) if a.device else default_device()
-    if dev.type == 'cuda' and dev.index is None: dev = torch.device('cuda', 0)
+    try: dev = resolve_device(a.device)
+    except (DeviceError, RuntimeError) as e: sys.exit(f'gpu_check.py: error: --device {a.device}: {e}')
     shapes = tiny_shapes() if a.tiny or dev.type == 'cpu' else Shapes()
     if a.batch: shapes.batch = a.batch
     groups, rep = a.only.split(','), Report(Path(a.out), dev, argv)

@@ -24,6 +24,7 @@ import torchvision
 from PIL import Image
 from torchvision.transforms import v2
 
+from cakd.core import IMAGENET_MEAN, IMAGENET_STD
 from cakd.data import ImageFolder, batch_mix, train_transform
 
 PHOTOS = ('astronaut', 'coffee', 'chelsea', 'rocket', 'hubble_deep_field', 'retina', 'colorwheel',
@@ -52,7 +53,7 @@ def tensor_transform(crop: int, random_erase: float = 0.25):
     "The official training ops of `train_transform` in `torchvision.transforms.v2`, on a decoded uint8 tensor."
     ops = [v2.RandomResizedCrop(crop, scale=(0.08, 1.0), antialias=True), v2.RandomHorizontalFlip(),
            v2.TrivialAugmentWide(), v2.ToDtype(torch.float32, scale=True),
-           v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
+           v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     if random_erase > 0: ops.append(v2.RandomErasing(random_erase))
     return v2.Compose(ops)
 
@@ -80,7 +81,7 @@ def per_second(fn, items: list, reps: int) -> float:
 def paths(train: Path, crop: int) -> dict:
     "Each data path a worker can take, as a function of an image's file path."
     pil, tens = train_transform(crop, auto_augment='ta_wide', random_erase=0.25), tensor_transform(crop)
-    folder = ImageFolder(train.parent / 'train', transform=pil)
+    folder = ImageFolder(train, transform=pil)
     index = {Path(p): i for i, (p, _) in enumerate(folder.samples)}
     return {'decode: PIL': pil_decode, 'decode: torchvision.io': tensor_decode,
             'decode + official augmentation: PIL (cakd.data)': lambda p: folder[index[p]],

@@ -27,7 +27,8 @@ class Report:
         except Skip as s:
             status, figure, detail = 'skipped', str(s), {}
         except Exception as e:   # a failed check is reported, and the next one still runs
-            status, figure = 'FAILED', f'{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e) else ""}'
+            first = (str(e).strip().splitlines() or [''])[0]
+            status, figure = 'FAILED', f'{type(e).__name__}: {first[:300]}'
             detail = {'traceback': traceback.format_exc()[-4000:]}
         finally:
             if self.device.type == 'cuda': torch.cuda.empty_cache()

@@ -96,7 +96,7 @@ def parse(argv=None):
     p.add_argument('--classes', type=int, default=1000)
     p.add_argument('--amp', default='none', choices=('none', 'bf16', 'fp16'))
     p.add_argument('--channels-last', action='store_true')
-    p.add_argument('--compile', action='store_true', help='torch.compile the student')
+    p.add_argument('--compile', action='store_true', help='torch.compile the student and the head')
     return p.parse_args(argv)
 
 
