@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,9 @@ import torch
 from .config import TrainConfig
 
 # %% auto #0
-__all__ = ['RUN_INDEPENDENT', 'temp_name', 'save_atomic', 'remove_stale_temps', 'CheckpointError', 'read_checkpoint',
-           'rng_state', 'set_rng_state', 'flat_fields', 'field_changes', 'as_current', 'check_compatible']
+__all__ = ['RUN_INDEPENDENT', 'temp_name', 'save_atomic', 'os_cause', 'free_space', 'remove_stale_temps',
+           'CheckpointError', 'read_checkpoint', 'rng_state', 'set_rng_state', 'flat_fields', 'field_changes',
+           'as_current', 'check_compatible']
 
 # %% ../nbs/09_checkpoint.ipynb #cfa306d6
 def temp_name(path: Path) -> Path:
@@ -25,13 +27,34 @@ def temp_name(path: Path) -> Path:
     return path.with_name(f'.{path.name}.tmp{os.getpid()}')
 
 def save_atomic(obj, path: str | Path):
-    "`torch.save` to a temporary file beside `path`, fsync, then rename over `path`."
+    "`torch.save` to a temporary file beside `path`, fsync, then rename over `path`; a failed write leaves no temp."
     path = Path(path)
     tmp = temp_name(path)
-    with open(tmp, 'wb') as f:
-        torch.save(obj, f)
-        f.flush(); os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        cause = os_cause(err)
+        if cause is None: raise
+        kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+        raise OSError(cause.errno, f"cannot write {path}: {cause.strerror} ({free_space(path)} free there); "
+                                   f"{kept}") from None
+
+def os_cause(err: BaseException) -> OSError | None:
+    "The operating-system error behind `err` (torch's writer reports a full disk as a RuntimeError on top of it)."
+    while err is not None:
+        if isinstance(err, OSError) and err.errno is not None: return err
+        err = err.__cause__ or err.__context__
+    return None
+
+def free_space(path: Path) -> str:
+    "The free space of the filesystem holding `path`, in MiB."
+    try: return f"{shutil.disk_usage(path.parent).free / 2**20:.0f} MiB"
+    except OSError: return "unknown"
 
 def remove_stale_temps(folder: str | Path) -> list:
     "Delete the temporary files that an interrupted `save_atomic` left in `folder`; returns their names."

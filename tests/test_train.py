@@ -526,3 +526,25 @@ def test_terminal_bar_shows_the_loss_and_closes_before_the_epoch_line(digits, tm
     assert re.search(r'epoch 1/1: 100%.*3/3 .*loss \d+\.\d{4}', text), text[-2000:]     # not 24/25, and the loss
     lines = text.replace('\r', '\n').splitlines()
     assert any(line.startswith('[rank 0/1] epoch 1/1: loss ') for line in lines), lines[-5:]   # on a line of its own
+
+
+def test_a_write_the_disk_refuses_names_the_file_keeps_the_last_and_leaves_no_temp(tmp_path):
+    "A real refused write: RLIMIT_FSIZE makes the kernel fail the save (EFBIG), as a full disk fails it (ENOSPC)."
+    code = f"""
+import resource, signal, torch
+from pathlib import Path
+from cakd.checkpoint import save_atomic
+path = Path({str(tmp_path)!r}) / 'student_last.pt'
+save_atomic({{'w': torch.zeros(10)}}, path)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, resource.RLIM_INFINITY))
+save_atomic({{'w': torch.zeros(1 << 20)}}, path)
+"""
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith('OSError: [Errno 27] cannot write ') and 'student_last.pt: File too large' in last
+    assert last.endswith('the previous student_last.pt is intact') and 'MiB free there' in last
+    assert 'inline_container' not in r.stderr and 'During handling' not in r.stderr        # one error, not two
+    assert [p.name for p in tmp_path.iterdir()] == ['student_last.pt']                         # no temporary left
+    assert torch.load(tmp_path / 'student_last.pt', weights_only=True)['w'].shape == (10,)
