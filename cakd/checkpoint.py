@@ -99,7 +99,8 @@ def set_rng_state(state: dict):
 
 # %% ../nbs/09_checkpoint.ipynb #ac506de9
 RUN_INDEPENDENT = ('output', 'resume', 'device', 'workers', 'print_freq', 'eval_every', 'save_every', 'tensorboard',
-                   'compile', 'compile_teacher', 'skip_bad_images', 'check_teacher', 'crash_at_step', 'diagnostics')
+                   'compile', 'compile_teacher', 'skip_bad_images', 'check_teacher', 'crash_at_step',
+                   'stop_at_step', 'diagnostics')
 
 def flat_fields(d: dict, prefix: str = '') -> dict:
     "Nested dicts as one level of dotted keys."

@@ -208,6 +208,7 @@ class RunOptions:
     diagnostics: int = _opt(256, 'at each evaluation: R² of each projector on this many validation images, gradient '
                             'shares of each term on a fixed training batch, D accuracy (0: off)')
     crash_at_step: int | None = _opt(None, argparse.SUPPRESS)   # fault injection for tests: SIGKILL at this step
+    stop_at_step: int | None = _opt(None, argparse.SUPPRESS)    # and SIGTERM after this step
 
 # %% ../nbs/08_config.ipynb #4c3dfc4b
 CHOICES = dict(teacher_norm=['auto', 'imagenet'], opt=['sgd', 'adamw'],

@@ -102,8 +102,11 @@ class TeacherTap(Hooks):
     def _setup_timm(self, m, block):
         attn = m.blocks[block].attn
         self.heads, self.dim = attn.num_heads, attn.num_heads * attn.head_dim
-        self.patch_size = tuple(m.patch_embed.patch_size)
-        self.image_size = tuple(m.patch_embed.img_size) if m.patch_embed.img_size is not None else None
+        pe = m.patch_embed
+        self.image_size = tuple(pe.img_size) if pe.img_size is not None else None
+        self.patch_size = tuple(pe.patch_size)          # a hybrid's patches lie on its stem's map: its stride is more
+        if self.image_size is not None and getattr(pe, 'grid_size', None) is not None:
+            self.patch_size = tuple(i // g for i, g in zip(self.image_size, pe.grid_size))
         self.prefix = m.num_prefix_tokens
         self.attention = attn
         self._qkv = lambda: fp32_linear(self._store['x'], attn.qkv.weight, attn.qkv.bias)  # (B, T, 3D)

@@ -34,8 +34,8 @@ from .runs import read_records, recorded_teacher
 
 # %% auto #0
 __all__ = ['USER_ERRORS', 'make_scheduler', 'Schedules', 'tidy', 'scalar_tag', 'append_csv', 'RunLog', 'Stop',
-           'StopFlag', 'Evaluator', 'Trainer', 'progress', 'advance', 'epoch_line', 'resize_note', 'schedule_line',
-           'train']
+           'StopFlag', 'Evaluator', 'Trainer', 'epoch_sums', 'add_step', 'progress', 'advance', 'epoch_line',
+           'resize_note', 'schedule_line', 'train']
 
 # %% ../nbs/11_train.ipynb #c8daba7f
 def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, lr_min: float):
@@ -67,12 +67,12 @@ class Schedules:
         for group in (g for o in self.opts for g in o.param_groups): group['lr'] = group['initial_lr'] * factor
 
     def step(self):
-        "Advance both schedules by an epoch."
-        self.sched.step()
-        if self.d_sched is None: return
-        with warnings.catch_warnings():                          # D idles while the ramp is at zero: no step yet
+        """Advance both schedules by an epoch. The optimisers step first by construction; PyTorch's warning that they
+        did not is wrong for D idle while the ramp is at zero and for an epoch resumed after its last batch."""
+        with warnings.catch_warnings():
             warnings.filterwarnings('ignore', message='Detected call of `lr_scheduler.step\\(\\)` before')
-            self.d_sched.step()
+            self.sched.step()
+            if self.d_sched is not None: self.d_sched.step()
 
     def state_dict(self) -> dict:
         return {'sched': self.sched.state_dict(), 'd_sched': self.d_sched and self.d_sched.state_dict()}
@@ -236,7 +236,7 @@ class Trainer:
         self.evaluate = Evaluator(val, env.device, len(self.classes), env.world, teacher, d.autocast)
         self.mix = batch_mix(len(self.classes), cfg.mixup_alpha, cfg.cutmix_alpha)
         self.schedules, self.stop = Schedules(d.opt, d.d_opt, cfg), StopFlag(env.world, env.device)
-        self.epoch, self.skip, self.best, self.diag_batch = 0, 0, -1.0, None
+        self.epoch, self.skip, self.best, self.diag_batch, self.partial = 0, 0, -1.0, None, None
         self.resume()
 
     def fit(self) -> dict:
@@ -258,12 +258,13 @@ class Trainer:
 @patch
 def state(self: Trainer, batches_done: int = 0) -> dict:
     "Everything needed to continue (call on every rank: it gathers the RNG states)."
-    rngs = [None] * self.env.world
-    if self.env.world > 1: dist.all_gather_object(rngs, rng_state())
-    else: rngs = [rng_state()]
+    ranks = [None] * self.env.world                   # each rank's RNG states and its sums of the epoch so far
+    if self.env.world > 1: dist.all_gather_object(ranks, (rng_state(), self.partial))
+    else: ranks = [(rng_state(), self.partial)]
     return {'format': 2, 'config': self.cfg.to_dict(), 'num_classes': len(self.classes), 'classes': self.classes,
             'epoch': self.epoch, 'batches_done': batches_done, 'step': self.distiller.steps, 'best': self.best,
-            'rng': rngs, **self.schedules.state_dict(), **self.distiller.training_state()}
+            'rng': [r for r, _ in ranks], 'partial': [p for _, p in ranks],
+            **self.schedules.state_dict(), **self.distiller.training_state()}
 
 @patch
 def save(self: Trainer, batches_done: int = 0):
@@ -288,6 +289,8 @@ def resume(self: Trainer):
     self.schedules.load_state_dict(ck)
     self.epoch, self.skip, self.best = ck['epoch'], ck['batches_done'], ck['best']
     set_rng_state(ck['rng'][self.env.rank] if self.env.rank < len(ck['rng']) else ck['rng'][0])
+    partial = ck.get('partial') or []                 # absent in checkpoints of earlier versions: the sums restart
+    self.partial = partial[self.env.rank] if self.env.rank < len(partial) else None
     self.log({'event': 'resume', 'checkpoint': str(path), 'epoch': self.epoch, 'step': self.distiller.steps,
               'batches_done': self.skip}, echo=False)
     if self.epoch < c.epochs:
@@ -339,33 +342,49 @@ def train_batch(self: Trainer, x: torch.Tensor, y: torch.Tensor, done: int, xu: 
         raise FloatingPointError(f"epoch {self.epoch}, step {self.distiller.steps + 1} (batch {done + 1}): {err}; "
                                  f"stopping. The last good checkpoint is {self.out / 'checkpoint.pt'}") from None
     if self.cfg.crash_at_step == self.distiller.steps: os.kill(os.getpid(), signal.SIGKILL)   # fault injection
+    if self.cfg.stop_at_step == self.distiller.steps: os.kill(os.getpid(), signal.SIGTERM)
     return logs
 
 # %% ../nbs/11_train.ipynb #bc605649
+def epoch_sums() -> dict:
+    "An epoch's running sums of one rank: each logged value, steps, images and skipped images."
+    return {'sums': {}, 'steps': 0, 'images': 0, 'skipped': 0}
+
+def add_step(acc: dict, logs: dict, images: int):
+    "Count one step's logs and images into an epoch's running sums."
+    for k, v in logs.items(): acc['sums'][k] = acc['sums'].get(k, 0.0) + v
+    acc['steps'] += 1
+    acc['images'] += images
+
 @patch
 def train_epoch(self: Trainer) -> tuple:
-    "One epoch (or what is left of it): the mean of each logged value over all ranks' steps, and the skipped images."
+    """One epoch, or what is left of it after a resume: the means of each logged value over all of the epoch's steps
+    on all ranks (sums of the batches before a stop come back with the checkpoint), and the skipped images."""
     c, e = self.cfg, self.env
-    (loader, transfer), sums, n, steps, skipped, t0, done = self.loaders(), {}, 0, 0, 0, time.time(), self.skip
+    (loader, transfer), t0, done = self.loaders(), time.time(), self.skip
+    acc = self.partial = self.partial or epoch_sums()
+    first = acc['images']
     self.distiller.train()
     bar = progress(e.main, f'epoch {self.epoch + 1}/{c.epochs}', self.epoch_steps, done)
+    batches = zip(loader, transfer or repeat_none()) if done < self.epoch_steps else ()   # a stop after its last
     try:
-        for (x, y, n_bad), (xu, _, u_bad) in zip(loader, transfer or repeat_none()):
-            skipped += n_bad + u_bad
+        for (x, y, n_bad), (xu, _, u_bad) in batches:
+            acc['skipped'] += n_bad + u_bad
             if x is not None:
                 logs = self.train_batch(x, y, done, xu)
-                done, steps, n = done + 1, steps + 1, n + len(x)
-                for k, v in logs.items(): sums[k] = sums.get(k, 0.0) + v
-                advance(bar, sums, steps)
-                if self.distiller.steps % c.print_freq == 0: self.log_step(logs, n * e.world / (time.time() - t0))
+                done += 1
+                add_step(acc, logs, len(x))
+                advance(bar, acc['sums'], acc['steps'])
+                rate = (acc['images'] - first) * e.world / (time.time() - t0)
+                if self.distiller.steps % c.print_freq == 0: self.log_step(logs, rate)
             if self.stop.agreed():
                 self.save(batches_done=done)
                 raise Stop()
-            if c.max_steps_per_epoch is not None and done >= c.max_steps_per_epoch: break
+            if done >= self.epoch_steps: break
     finally:
         if bar is not None: bar.close()                        # the next line starts on a line of its own
-    self.skip, self.images = 0, n
-    return mean_over_ranks(sums, steps, skipped, e.world, e.device)
+    self.skip, self.partial, self.images = 0, None, acc['images']
+    return mean_over_ranks(acc['sums'], acc['steps'], acc['skipped'], e.world, e.device)
 
 @patch
 def log_step(self: Trainer, logs: dict, img_per_s: float):

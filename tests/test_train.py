@@ -1,5 +1,6 @@
 """The training engine, run for real: the `cakd-train` console script and `torchrun` with gloo on the CPU,
 on JPEG ImageFolder trees of real handwritten digits written by the tests."""
+import csv
 import json
 import os
 import shutil
@@ -87,6 +88,32 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(digits, tmp_pat
     assert {k.split('.')[0] for k in ca['distiller']} == {'student', 'head', 'disc'}
     assert all(torch.allclose(v.double(), cb['distiller'][k].double(), atol=1e-6) for k, v in ca['distiller'].items())
     assert ca['step'] == cb['step'] == 8
+
+
+def epoch_rows(out):
+    "The epoch records of a run: (epoch, train_loss, train_ce) per epoch, in order."
+    return [(r['epoch'], r['train_loss'], r['train_ce']) for r in records(out)]
+
+
+@pytest.mark.parametrize('stop_at', [4, 6], ids=['last-batch', 'mid-epoch'])
+def test_a_stop_at_any_batch_resumes_into_the_same_epoch_records_and_weights(digits, tmp_path, stop_at):
+    a = cakd_train(*run_args(digits, tmp_path / 'a'))                     # 2 epochs of 4 steps, uninterrupted
+    assert a.returncode == 0, a.stderr[-3000:]
+    b = cakd_train(*run_args(digits, tmp_path / 'b', '--stop-at-step', str(stop_at)))
+    assert b.returncode == 128 + signal.SIGTERM, b.stderr[-3000:]
+    ck = torch.load(tmp_path / 'b' / 'checkpoint.pt', weights_only=True)
+    assert (ck['epoch'], ck['batches_done']) == {4: (0, 4), 6: (1, 2)}[stop_at]     # the last batch: not closed
+    b = cakd_train(*run_args(digits, tmp_path / 'b'))
+    assert b.returncode == 0, b.stderr[-3000:]
+    assert 'lr_scheduler.step()' not in b.stderr and 'nan' not in b.stdout
+    ra, rb = epoch_rows(tmp_path / 'a'), epoch_rows(tmp_path / 'b')
+    assert [r[0] for r in rb] == [0, 1]                                   # each epoch closes once
+    assert all(abs(x - y) <= 1e-6 for u, v in zip(ra, rb) for x, y in zip(u[1:], v[1:])), (ra, rb)
+    sa = torch.load(tmp_path / 'a' / 'student_last.pt', weights_only=True)
+    sb = torch.load(tmp_path / 'b' / 'student_last.pt', weights_only=True)
+    assert max((sa[k].double() - sb[k].double()).abs().max().item() for k in sa) <= 1e-6
+    rows = list(csv.DictReader((tmp_path / 'b' / 'epochs.csv').open()))
+    assert len(rows) == 2 and all(r['train_loss'] and r['train_ce'] for r in rows), rows
 
 
 def test_sigterm_leaves_a_loadable_checkpoint_and_resumes(digits, tmp_path):
