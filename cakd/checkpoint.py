@@ -17,9 +17,9 @@ import torch
 from .config import TrainConfig
 
 # %% auto #0
-__all__ = ['RUN_INDEPENDENT', 'temp_name', 'save_atomic', 'os_cause', 'free_space', 'remove_stale_temps',
-           'CheckpointError', 'read_checkpoint', 'rng_state', 'set_rng_state', 'flat_fields', 'field_changes',
-           'as_current', 'check_compatible']
+__all__ = ['RUN_INDEPENDENT', 'temp_name', 'save_atomic', 'os_cause', 'free_space', 'remove_stale_temps', 'FolderBusy',
+           'hold_folder', 'CheckpointError', 'read_checkpoint', 'rng_state', 'set_rng_state', 'flat_fields',
+           'field_changes', 'as_current', 'check_compatible']
 
 # %% ../nbs/09_checkpoint.ipynb #cfa306d6
 def temp_name(path: Path) -> Path:
@@ -62,6 +62,40 @@ def remove_stale_temps(folder: str | Path) -> list:
     for p in stale: p.unlink()
     return [p.name for p in stale]
 
+class FolderBusy(RuntimeError):
+    "Another process is still running in a run folder."
+
+def _holder(f) -> str:
+    f.seek(0)
+    return f.read().strip() or 'another process'
+
+def hold_folder(folder: str | Path, wait: float = 60.0, say=print):
+    """This process's exclusive hold on run folder `folder` (a lock on `.lock`, let go when the process ends however it
+    ends). While another process holds it, as a run that still writes its stop checkpoint does, wait up to `wait`
+    seconds, then refuse with `FolderBusy`. Returns the open lock file, which must be kept; None without `fcntl`."""
+    try: import fcntl
+    except ImportError: return None                         # no advisory locks on this system: no guard
+    import time
+    f, deadline, said = open(Path(folder) / '.lock', 'a+'), time.time() + wait, False
+    while True:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.time() >= deadline:
+                holder = _holder(f)
+                f.close()
+                raise FolderBusy(f"{folder} is still in use by {holder} after {wait:.0f} s: wait for it to stop, "
+                                 "or pass another --output") from None
+            if not said: say(f"{folder} is in use by {_holder(f)} (a run stopping?): waiting up to {wait:.0f} s")
+            said = True
+            time.sleep(0.1)
+    f.seek(0)
+    f.truncate()
+    f.write(f"cakd-train pid {os.getpid()}")
+    f.flush()
+    return f
+
 # %% ../nbs/09_checkpoint.ipynb #c143d2ec
 class CheckpointError(ValueError):
     "A file that cannot be used as a checkpoint; the message names it and says why."
@@ -98,7 +132,8 @@ def set_rng_state(state: dict):
     if 'gpu' in state and torch.cuda.is_available(): torch.cuda.set_rng_state_all(state['gpu'])
 
 # %% ../nbs/09_checkpoint.ipynb #ac506de9
-RUN_INDEPENDENT = ('output', 'resume', 'device', 'workers', 'print_freq', 'eval_every', 'save_every', 'tensorboard',
+RUN_INDEPENDENT = ('output', 'resume', 'device', 'workers', 'print_freq', 'eval_every', 'save_every',
+                   'save_minutes', 'tensorboard',
                    'compile', 'compile_teacher', 'skip_bad_images', 'check_teacher', 'crash_at_step',
                    'stop_at_step', 'diagnostics')
 

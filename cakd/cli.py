@@ -25,7 +25,7 @@ def main(argv: list | None = None) -> int:
     except Stop:
         code = 128 + trainer.stop.signal
         print(f"[rank {trainer.env.rank}/{trainer.env.world}] stopped by signal {trainer.stop.signal}; checkpoint "
-              f"written to {trainer.out / 'checkpoint.pt'}", flush=True)
+              f"at step {trainer.distiller.steps} written to {trainer.out / 'checkpoint.pt'}", flush=True)
     except USER_ERRORS as err:
         print(f"cakd-train: error: {err}", file=sys.stderr, flush=True)
         code = 1

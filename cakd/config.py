@@ -202,6 +202,8 @@ class RunOptions:
     print_freq: int = _opt(10, 'steps between log lines')
     eval_every: int = _opt(1, 'evaluate every N epochs and after the last one')
     save_every: int = _opt(1, 'write the checkpoint every N epochs and after the last one (a signal always does)')
+    save_minutes: float | None = _opt(None, 'also write it within an epoch once this many minutes have passed since '
+                                      'the last one (a kill then loses at most that much work)')
     max_steps_per_epoch: int | None = _opt(None, 'cut epochs short (smoke runs)')
     resume: str = _opt('auto', 'auto (from the run folder if a checkpoint is there), never, or a checkpoint path')
     tensorboard: bool = _opt(False, 'also write every logged scalar to TensorBoard event files in OUTPUT/tensorboard')

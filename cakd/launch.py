@@ -25,8 +25,8 @@ from .presets import did_you_mean
 from .datasets import download_dataset, open_dataset
 
 # %% auto #0
-__all__ = ['LaunchError', 'preflight', 'torchrun_command', 'stream', 'run_many', 'finished', 'finished_line',
-           'ParameterError', 'notebook_parameters', 'as_list', 'check_value', 'check_parameters']
+__all__ = ['LaunchError', 'preflight', 'torchrun_command', 'stream', 'run_many', 'stop_runs', 'finished',
+           'finished_line', 'ParameterError', 'notebook_parameters', 'as_list', 'check_value', 'check_parameters']
 
 # %% ../nbs/13_launch.ipynb #1937a2c6
 class LaunchError(RuntimeError):
@@ -122,8 +122,22 @@ def run_many(cfgs: list, jobs: int = 2, say=print) -> list:
                 say(finished_line(cfgs[i].output, records[i], took, len(pending) + len(running), jobs, t0))
             time.sleep(0.1)
     finally:
-        for proc, log, _ in running.values(): proc.terminate(); proc.wait(); log.close()
+        stop_runs({cfgs[i].output: (proc, log) for i, (proc, log, _) in running.items()}, say=say)
     return records
+
+def stop_runs(running: dict, grace: float = 60.0, say=print):
+    """Ask each run still going (`{folder: (process, log file)}`) to stop (SIGTERM: it writes its checkpoint), wait
+    for all of them up to `grace` seconds, then kill the rest and say which runs were abandoned."""
+    for proc, _ in running.values():
+        if proc.poll() is None: proc.terminate()
+    deadline = time.time() + grace
+    for folder, (proc, log) in running.items():
+        try: proc.wait(timeout=max(0.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            say(f"{folder}: did not stop within {grace:.0f} s and was killed; it resumes from its last checkpoint")
+        log.close()
 
 def finished(cfg: TrainConfig) -> dict | None:
     "The last record of a run folder that finished `cfg` (its config.json says the same, its log the last epoch)."

@@ -18,8 +18,8 @@ from .config import TrainConfig
 from .data import write_digits
 
 # %% auto #0
-__all__ = ['QUIET', 'STUDENT_RECIPE', 'SCALED_TERMS', 'PART_NAMES', 'split_folder', 'digits_protocol', 'teacher_config',
-           'student_configs', 'scaled_arm', 'part_label', 't_quantile', 'paired', 'machine']
+__all__ = ['QUIET', 'SAVE_MINUTES', 'STUDENT_RECIPE', 'SCALED_TERMS', 'PART_NAMES', 'split_folder', 'digits_protocol',
+           'teacher_config', 'student_configs', 'scaled_arm', 'part_label', 't_quantile', 'paired', 'machine']
 
 # %% ../nbs/15_study.ipynb #7e20cf42
 def _images(folder: Path) -> dict:
@@ -55,6 +55,7 @@ def digits_protocol(out: str | Path, image_size: int = 32, labels_per_class: int
 
 # %% ../nbs/15_study.ipynb #6e78e0be
 QUIET = 10_000                   # steps between step records: none in the study's runs (138 steps), epochs only
+SAVE_MINUTES = 1.0               # a study run's checkpoint within its epoch: a kill loses at most a minute of it
 STUDENT_RECIPE = dict(lr_scheduler='cosineannealinglr', lr_warmup_epochs=0, hflip=0.0, crop_scale=0.6,
                       auto_augment=None, random_erase=0.0, mixup_alpha=0.0, cutmix_alpha=0.0, model_ema=False,
                       ra_sampler=False,
@@ -69,7 +70,7 @@ def teacher_config(data: str | Path, output: str | Path, model: str, options: di
         epochs=epochs, opt='adamw', lr=lr, weight_decay=0.05, batch_size=batch_size, seed=0, eval_every=epochs,
         train_crop_size=image_size, device=device, workers=workers, lr_scheduler='cosineannealinglr',
         lr_warmup_epochs=0, hflip=0.0, crop_scale=0.6, model_ema=False, ra_sampler=False, val_resize='official',
-        print_freq=QUIET, save_every=epochs)
+        print_freq=QUIET, save_every=epochs, save_minutes=SAVE_MINUTES)
 
 def student_configs(arms: dict, seeds: list, data: str | Path, transfer: str | Path | None, output: str | Path,
                     teacher: dict, student: dict, epochs: int, transfer_batch_size: int) -> dict:
@@ -80,7 +81,7 @@ def student_configs(arms: dict, seeds: list, data: str | Path, transfer: str | P
                            batch_size=student['batch_size'])
     common = dict(data=str(data), unlabeled=str(transfer or ''), unlabeled_batch_size=transfer_batch_size,
                   train_crop_size=None, teacher_norm='imagenet', preset={'label_smoothing': 0.0}, print_freq=QUIET,
-                  eval_every=epochs, save_every=epochs, **teacher,
+                  eval_every=epochs, save_every=epochs, save_minutes=SAVE_MINUTES, **teacher,
                   **{k: v for k, v in student.items() if k not in ('lr', 'batch_size')})
     return {(a, s): arm_config(arms[a], recipe, **common, seed=s, output=str(Path(output) / f'{a}_seed{s}'))
             for a in arms for s in seeds}

@@ -23,8 +23,8 @@ from torch import nn
 
 from .build import STUDENT_NORM, build_loaders, build_run_distiller, open_run_data, run_warnings, teacher_file
 from .build import weights_line
-from .checkpoint import CheckpointError, check_compatible, read_checkpoint, remove_stale_temps, rng_state
-from .checkpoint import save_atomic, set_rng_state
+from .checkpoint import CheckpointError, FolderBusy, check_compatible, hold_folder, read_checkpoint
+from .checkpoint import remove_stale_temps, rng_state, save_atomic, set_rng_state
 from .config import TrainConfig, get_method
 from .core import DeviceError, Env, derive_seed, fp32, mean_over_ranks, seeded, setup_env
 from .data import BadImageError, Cycle, Keyed, Skip, batch_mix, collate, repeat_none
@@ -157,10 +157,14 @@ class StopFlag:
 
     def agreed(self) -> int:
         "The signal any process received (0: none), the same on every rank."
-        flag = torch.tensor([self.signal], dtype=torch.int64, device=self.device)
-        if self.world > 1: dist.all_reduce(flag, dist.ReduceOp.MAX)
-        self.signal = int(flag.item())
-        return self.signal
+        return self.agree()[0]
+
+    def agree(self, due: bool = False) -> tuple:
+        "The signal any process received, and whether any rank finds a save `due`: the same on every rank."
+        flags = torch.tensor([self.signal, int(due)], dtype=torch.int64, device=self.device)
+        if self.world > 1: dist.all_reduce(flags, dist.ReduceOp.MAX)
+        self.signal = int(flags[0].item())
+        return self.signal, bool(flags[1].item())
 
 # %% ../nbs/11_train.ipynb #e13bf639
 class Evaluator:
@@ -221,6 +225,7 @@ class Trainer:
         self.out, self.source = Path(cfg.output), open_run_data(cfg, env)   # before anything is created
         self.classes = self.source.classes
         self.out.mkdir(parents=True, exist_ok=True)
+        self.held = hold_folder(self.out) if env.main else None   # a stopping run here finishes first
         if env.main: remove_stale_temps(self.out)
         if cfg.deterministic:
             os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
@@ -237,6 +242,7 @@ class Trainer:
         self.mix = batch_mix(len(self.classes), cfg.mixup_alpha, cfg.cutmix_alpha)
         self.schedules, self.stop = Schedules(d.opt, d.d_opt, cfg), StopFlag(env.world, env.device)
         self.epoch, self.skip, self.best, self.diag_batch, self.partial = 0, 0, -1.0, None, None
+        self.saved_at = time.time()
         self.resume()
 
     def fit(self) -> dict:
@@ -272,6 +278,13 @@ def save(self: Trainer, batches_done: int = 0):
     state = self.state(batches_done)
     if self.env.main: save_atomic(state, self.out / 'checkpoint.pt')
     if self.env.world > 1: dist.barrier()
+    self.saved_at = time.time()
+
+@patch
+def save_due(self: Trainer) -> bool:
+    "Whether `--save-minutes` have passed since the last checkpoint (or the start of this process)."
+    m = self.cfg.save_minutes
+    return m is not None and time.time() - self.saved_at >= 60 * m
 
 @patch
 def resume(self: Trainer):
@@ -377,9 +390,9 @@ def train_epoch(self: Trainer) -> tuple:
                 advance(bar, acc['sums'], acc['steps'])
                 rate = (acc['images'] - first) * e.world / (time.time() - t0)
                 if self.distiller.steps % c.print_freq == 0: self.log_step(logs, rate)
-            if self.stop.agreed():
-                self.save(batches_done=done)
-                raise Stop()
+            stop, due = self.stop.agree(self.save_due())
+            if stop or due: self.save(batches_done=done)
+            if stop: raise Stop()
             if done >= self.epoch_steps: break
     finally:
         if bar is not None: bar.close()                        # the next line starts on a line of its own
@@ -514,7 +527,7 @@ def announce(self: Trainer):
 
 # %% ../nbs/11_train.ipynb #40d71d59
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError, NotADirectoryError, FloatingPointError, ImportError,
-               BadImageError, DeviceError)
+               BadImageError, DeviceError, FolderBusy)
 
 def train(cfg: TrainConfig) -> dict:
     "Run (or resume, or just reload a finished) training run in this process; returns the last epoch's record."

@@ -17,7 +17,7 @@ import torchvision
 from dataclasses import fields
 
 from cakd.config import TrainConfig, parse_config
-from cakd.checkpoint import read_checkpoint
+from cakd.checkpoint import hold_folder, read_checkpoint
 
 BIN = Path(sys.executable).parent
 TEACHER = ['--teacher', 'timm:vit_tiny_patch16_224', '--teacher-weights', 'none',
@@ -95,6 +95,23 @@ def epoch_rows(out):
     return [(r['epoch'], r['train_loss'], r['train_ce']) for r in records(out)]
 
 
+def test_save_minutes_checkpoints_within_the_epoch_so_a_kill_loses_little(digits, tmp_path):
+    a = cakd_train(*run_args(digits, tmp_path / 'a'))
+    assert a.returncode == 0, a.stderr[-3000:]
+    b = cakd_train(*run_args(digits, tmp_path / 'b', '--save-minutes', '0', '--crash-at-step', '3'))
+    assert b.returncode == -signal.SIGKILL                                # killed in the first epoch's third step
+    ck = torch.load(tmp_path / 'b' / 'checkpoint.pt', weights_only=True)
+    assert (ck['epoch'], ck['batches_done'], ck['step']) == (0, 2, 2)     # the step before the kill is kept
+    b = cakd_train(*run_args(digits, tmp_path / 'b', '--save-minutes', '0'))
+    assert b.returncode == 0, b.stderr[-3000:]
+    assert records(tmp_path / 'b', 'resume')[0]['step'] == 2
+    assert all(abs(x - y) <= 1e-6 for u, v in zip(epoch_rows(tmp_path / 'a'), epoch_rows(tmp_path / 'b'))
+               for x, y in zip(u, v))
+    sa = torch.load(tmp_path / 'a' / 'student_last.pt', weights_only=True)
+    sb = torch.load(tmp_path / 'b' / 'student_last.pt', weights_only=True)
+    assert max((sa[k].double() - sb[k].double()).abs().max().item() for k in sa) <= 1e-6
+
+
 @pytest.mark.parametrize('stop_at', [4, 6], ids=['last-batch', 'mid-epoch'])
 def test_a_stop_at_any_batch_resumes_into_the_same_epoch_records_and_weights(digits, tmp_path, stop_at):
     a = cakd_train(*run_args(digits, tmp_path / 'a'))                     # 2 epochs of 4 steps, uninterrupted
@@ -135,6 +152,27 @@ def test_sigterm_leaves_a_loadable_checkpoint_and_resumes(digits, tmp_path):
     r = cakd_train(*args)                                                      # the same run, continued
     assert r.returncode == 0, r.stderr[-2000:]
     assert records(out, 'resume')[0]['step'] == ck['step'] and records(out)[-1]['epoch'] == 1
+
+
+def test_a_rerun_waits_for_the_run_still_stopping_in_its_folder(digits, tmp_path):
+    out = tmp_path / 'run'
+    out.mkdir()
+    held = hold_folder(out)                              # this process: a run still writing its stop checkpoint
+    temp = out / '.checkpoint.pt.tmp99999'
+    temp.write_bytes(b'half of a checkpoint')            # its save under way
+    args = ['--data', str(digits), '--output', str(out), '--epochs', '1', '--max-steps-per-epoch', '2', *SMALL]
+    p = subprocess.Popen([str(BIN / 'cakd-train'), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, env=ENV)
+    seen = []
+    for line in p.stdout:                                # the rerun, started at once, says it waits
+        seen.append(line)
+        if f'in use by cakd-train pid {os.getpid()}' in line: break
+    time.sleep(1.0)
+    assert p.poll() is None and temp.exists(), ''.join(seen)   # it touches nothing while the folder is held
+    held.close()                                         # the stopping run ends
+    rest, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, rest[-3000:]
+    assert not temp.exists() and records(out)[-1]['epoch'] == 0
 
 
 def test_non_finite_loss_stops_with_step_and_term_and_keeps_last_checkpoint(digits, tmp_path, fail):
