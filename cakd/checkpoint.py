@@ -9,6 +9,7 @@ import os
 import pickle
 import random
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +18,9 @@ import torch
 from .config import TrainConfig
 
 # %% auto #0
-__all__ = ['RUN_INDEPENDENT', 'temp_name', 'save_atomic', 'os_cause', 'free_space', 'remove_stale_temps', 'FolderBusy',
-           'hold_folder', 'CheckpointError', 'read_checkpoint', 'rng_state', 'set_rng_state', 'flat_fields',
-           'field_changes', 'as_current', 'check_compatible']
+__all__ = ['RUN_INDEPENDENT', 'temp_name', 'save_atomic', 'save_text', 'WriteError', 'writing', 'os_cause',
+           'free_space', 'remove_stale_temps', 'FolderBusy', 'hold_folder', 'CheckpointError', 'read_checkpoint',
+           'rng_state', 'set_rng_state', 'flat_fields', 'field_changes', 'as_current', 'check_compatible']
 
 # %% ../nbs/09_checkpoint.ipynb #cfa306d6
 def temp_name(path: Path) -> Path:
@@ -30,19 +31,37 @@ def save_atomic(obj, path: str | Path):
     "`torch.save` to a temporary file beside `path`, fsync, then rename over `path`; a failed write leaves no temp."
     path = Path(path)
     tmp = temp_name(path)
-    try:
+    with writing(path, tmp):
         with open(tmp, 'wb') as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+
+def save_text(text: str, path: str | Path):
+    "Write `text` to `path` as `save_atomic` writes: through a temporary beside it, then a rename."
+    path = Path(path)
+    tmp = temp_name(path)
+    with writing(path, tmp):
+        tmp.write_text(text)
+        os.replace(tmp, path)
+
+class WriteError(OSError):
+    "A write the system refused (a full disk, a file too large), naming the file, the free space and what is kept."
+    def __str__(self): return self.strerror
+
+@contextmanager
+def writing(path: str | Path, tmp: str | Path | None = None):
+    "Around a write of `path` (through `tmp`): a refused write removes `tmp` and raises one `WriteError` naming `path`."
+    path = Path(path)
+    try: yield
     except BaseException as err:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None: Path(tmp).unlink(missing_ok=True)
         cause = os_cause(err)
-        if cause is None: raise
+        if cause is None or isinstance(err, WriteError): raise
         kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
-        raise OSError(cause.errno, f"cannot write {path}: {cause.strerror} ({free_space(path)} free there); "
-                                   f"{kept}") from None
+        raise WriteError(cause.errno, f"cannot write {path}: {cause.strerror} ({free_space(path)} free there); "
+                                      f"{kept}") from None
 
 def os_cause(err: BaseException) -> OSError | None:
     "The operating-system error behind `err` (torch's writer reports a full disk as a RuntimeError on top of it)."

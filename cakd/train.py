@@ -24,7 +24,7 @@ from torch import nn
 from .build import STUDENT_NORM, build_loaders, build_run_distiller, open_run_data, run_warnings, teacher_file
 from .build import weights_line
 from .checkpoint import CheckpointError, FolderBusy, check_compatible, hold_folder, read_checkpoint
-from .checkpoint import remove_stale_temps, rng_state, save_atomic, set_rng_state
+from .checkpoint import WriteError, remove_stale_temps, rng_state, save_atomic, save_text, set_rng_state, writing
 from .config import TrainConfig, get_method
 from .core import DeviceError, Env, derive_seed, fp32, mean_over_ranks, seeded, setup_env
 from .data import BadImageError, Cycle, Keyed, Skip, batch_mix, collate, repeat_none
@@ -98,11 +98,12 @@ def append_csv(path: Path, row: dict):
     rows = list(csv.DictReader(path.open(newline=''))) if path.exists() else []
     names = list(dict.fromkeys([k for r in rows for k in r] + list(row)))
     tmp = path.with_suffix('.csv.tmp')
-    with open(tmp, 'w', newline='') as f:
-        w = csv.DictWriter(f, fieldnames=names, restval='')
-        w.writeheader()
-        w.writerows(rows + [row])
-    os.replace(tmp, path)                                    # a crash mid-write leaves the previous file
+    with writing(path, tmp):
+        with open(tmp, 'w', newline='') as f:
+            w = csv.DictWriter(f, fieldnames=names, restval='')
+            w.writeheader()
+            w.writerows(rows + [row])
+        os.replace(tmp, path)                                # a crash mid-write leaves the previous file
 
 # %% ../nbs/11_train.ipynb #6a0e3f11
 class RunLog:
@@ -120,7 +121,7 @@ class RunLog:
         record = tidy(record)
         if not self.main: return record
         line = json.dumps({'time': round(time.time(), 3), **record})
-        with open(self.out / 'log.jsonl', 'a') as f: f.write(line + '\n')
+        with writing(self.out / 'log.jsonl'), open(self.out / 'log.jsonl', 'a') as f: f.write(line + '\n')
         if echo: print(json.dumps(record), flush=True)
         if record.get('event') == 'epoch': append_csv(self.out / 'epochs.csv', record)
         if self.writer is not None: self.scalars(record)
@@ -515,7 +516,7 @@ def announce(self: Trainer):
     if d.distils and ramp is not None: say(schedule_line(ramp, c.epochs, self.steps_per_epoch()))
     for w in run_warnings(c, e.world) if e.main else []: say(f"warning: {w}")
     if e.main and (note := resize_note(self.source, self.crop)): say(note)
-    if e.main: (self.out / 'config.json').write_text(json.dumps(c.to_dict(), indent=1))
+    if e.main: save_text(json.dumps(c.to_dict(), indent=1), self.out / 'config.json')
     if d.teacher is not None and c.preset.uses('cls') and not d.preset.uses('cls'):
         say("the teacher has no class token (Swin): the cls term is off")
     if d.teacher is not None and not d.compares_logits:
@@ -527,7 +528,7 @@ def announce(self: Trainer):
 
 # %% ../nbs/11_train.ipynb #40d71d59
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError, NotADirectoryError, FloatingPointError, ImportError,
-               BadImageError, DeviceError, FolderBusy)
+               BadImageError, DeviceError, FolderBusy, WriteError)
 
 def train(cfg: TrainConfig) -> dict:
     "Run (or resume, or just reload a finished) training run in this process; returns the last epoch's record."

@@ -608,8 +608,26 @@ save_atomic({{'w': torch.zeros(1 << 20)}}, path)
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 1
     last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith('OSError: [Errno 27] cannot write ') and 'student_last.pt: File too large' in last
+    assert last.startswith('cakd.checkpoint.WriteError: cannot write ') and 'student_last.pt: File too large' in last
     assert last.endswith('the previous student_last.pt is intact') and 'MiB free there' in last
     assert 'inline_container' not in r.stderr and 'During handling' not in r.stderr        # one error, not two
     assert [p.name for p in tmp_path.iterdir()] == ['student_last.pt']                         # no temporary left
     assert torch.load(tmp_path / 'student_last.pt', weights_only=True)['w'].shape == (10,)
+
+
+def test_cakd_train_on_a_full_disk_says_which_file_in_one_line_and_leaves_no_temp(digits, tmp_path):
+    "The run's first large write (a student, the checkpoint) is refused by the kernel, as a full disk refuses it."
+    import resource
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.RLIM_INFINITY))
+    out = tmp_path / 'run'
+    args = ['--data', str(digits), '--output', str(out), '--epochs', '1', '--max-steps-per-epoch', '2', *SMALL]
+    r = subprocess.run([str(BIN / 'cakd-train'), *args], capture_output=True, text=True, env=ENV, timeout=300,
+                       preexec_fn=small_files)
+    assert r.returncode == 1, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()
+    assert len(last) == 1 and last[0].startswith(f'cakd-train: error: cannot write {out}/'), r.stderr[-3000:]
+    assert 'File too large' in last[0] and 'free there' in last[0] and 'Traceback' not in r.stderr
+    assert not [p.name for p in out.iterdir() if '.tmp' in p.name]              # no temporary file left
+    assert json.loads((out / 'config.json').read_text())['epochs'] == 1          # what fitted was written whole
