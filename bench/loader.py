@@ -7,7 +7,8 @@ varied by crop and flip; nothing is downloaded) into a temporary folder, then ti
 worker has it:
   - decode alone: PIL (what `cakd.data.ImageFolder` uses) and `torchvision.io.decode_jpeg` on the CPU;
   - decode + the official augmentation (`cakd.data.train_transform`: RandomResizedCrop, flip, TrivialAugment-wide,
-    normalise, random erasing 0.25) through PIL, and the same ops in `torchvision.transforms.v2` on decoded tensors;
+    normalise, random erasing 0.25) through PIL, and the same ops in `torchvision.transforms.v2` on decoded tensors
+    (cakd-train's `--decode pil` and `--decode tensor`);
   - mixup (`cakd.data.batch_mix`), which runs on whole batches in the main process, per image.
 With `--step-images-per-s` (a measured training step, e.g. from `bench/step.py` or `bench/gpu_check.py`) it prints
 how many workers per GPU the loader needs to keep up. `bench/gpu_check.py` imports the pieces below.
@@ -20,12 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 from PIL import Image
-from torchvision.transforms import v2
 
-from cakd.core import IMAGENET_MEAN, IMAGENET_STD
-from cakd.data import ImageFolder, batch_mix, train_transform
+from cakd.data import ImageFolder, batch_mix, decode_tensor, train_transform
 
 PHOTOS = ('astronaut', 'coffee', 'chelsea', 'rocket', 'hubble_deep_field', 'retina', 'colorwheel',
           'immunohistochemistry')
@@ -49,20 +47,7 @@ def write_jpegs(root: Path, images: int, size: tuple = SIZE, quality: int = 90) 
     return root / 'train'
 
 
-def tensor_transform(crop: int, random_erase: float = 0.25):
-    "The official training ops of `train_transform` in `torchvision.transforms.v2`, on a decoded uint8 tensor."
-    ops = [v2.RandomResizedCrop(crop, scale=(0.08, 1.0), antialias=True), v2.RandomHorizontalFlip(),
-           v2.TrivialAugmentWide(), v2.ToDtype(torch.float32, scale=True),
-           v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    if random_erase > 0: ops.append(v2.RandomErasing(random_erase))
-    return v2.Compose(ops)
-
-
 def pil_decode(path): return Image.open(path).convert('RGB')
-
-
-def tensor_decode(path):
-    return torchvision.io.decode_jpeg(torchvision.io.read_file(str(path)), mode=torchvision.io.ImageReadMode.RGB)
 
 
 def paths_of(train: Path) -> list: return sorted(train.rglob('*.jpg'))
@@ -80,12 +65,13 @@ def per_second(fn, items: list, reps: int) -> float:
 
 def paths(train: Path, crop: int) -> dict:
     "Each data path a worker can take, as a function of an image's file path."
-    pil, tens = train_transform(crop, auto_augment='ta_wide', random_erase=0.25), tensor_transform(crop)
-    folder = ImageFolder(train, transform=pil)
+    official = dict(auto_augment='ta_wide', random_erase=0.25)
+    folder = ImageFolder(train, train_transform(crop, **official))
+    tensors = ImageFolder(train, train_transform(crop, **official, tensors=True), decode='tensor')
     index = {Path(p): i for i, (p, _) in enumerate(folder.samples)}
-    return {'decode: PIL': pil_decode, 'decode: torchvision.io': tensor_decode,
-            'decode + official augmentation: PIL (cakd.data)': lambda p: folder[index[p]],
-            'decode + official augmentation: torchvision.io + v2': lambda p: tens(tensor_decode(p))}
+    return {'decode: PIL': pil_decode, 'decode: torchvision.io': decode_tensor,
+            'decode + official augmentation: PIL (--decode pil)': lambda p: folder[index[p]],
+            'decode + official augmentation: torchvision.io + v2 (--decode tensor)': lambda p: tensors[index[p]]}
 
 
 def mixup_per_second(batch: int, crop: int, reps: int, classes: int = 1000) -> float:
@@ -131,8 +117,8 @@ def main(argv=None):
     ips = measure(a.images, a.crop, a.reps, a.batch)
     for k, v in ips.items():
         print(f"{k:55s} {v:8.1f} images/s")
-    pil = ips['decode + official augmentation: PIL (cakd.data)']
-    tens = ips['decode + official augmentation: torchvision.io + v2']
+    pil = ips['decode + official augmentation: PIL (--decode pil)']
+    tens = ips['decode + official augmentation: torchvision.io + v2 (--decode tensor)']
     print(f"torchvision.io+v2/PIL = {tens / pil:.2f}")
     if a.step_images_per_s:
         n = workers_needed(a.step_images_per_s, pil)

@@ -249,14 +249,15 @@ def build_loaders(cfg: TrainConfig, env, image_size: int, norm: tuple = STUDENT_
     else: sampler = torch.utils.data.DistributedSampler(train_ds, env.world, env.rank, shuffle=True, seed=order)
     kw = dict(num_workers=cfg.workers, pin_memory=env.device.type != 'cpu', collate_fn=collate)
     if cfg.unlabeled:                                        # the transfer set: same augmentation, sharded, no repeats
-        transfer = SeededDataset(UnlabeledFolder(cfg.unlabeled, tf, cfg.skip_bad_images), cfg.seed, 'augment-transfer')
+        transfer = UnlabeledFolder(cfg.unlabeled, tf, cfg.skip_bad_images, decode=cfg.decode)
+        transfer = SeededDataset(transfer, cfg.seed, 'augment-transfer')
         sampler = (sampler, torch.utils.data.DistributedSampler(transfer, env.world, env.rank, shuffle=True,
                                                                 seed=derive_seed(cfg.seed, 'transfer') % 2**62,
                                                                 drop_last=True))
         train_ds = (train_ds, transfer)
     val = {}
     for r in val_resizes(cfg, vcrop):
-        ds = source.dataset('val', eval_transform(r, vcrop, cfg.interpolation, *norm))
+        ds = source.dataset('val', eval_transform(r, vcrop, cfg.interpolation, *norm, tensors=cfg.decode == 'tensor'))
         shard = ShardSampler(len(ds), env.world, env.rank)
         val[r] = torch.utils.data.DataLoader(ds, cfg.batch_size, sampler=shard, **kw)
     return train_ds, sampler, val, kw

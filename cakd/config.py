@@ -140,6 +140,8 @@ class DataOptions:
                           'distillation terms and no cross-entropy')
     unlabeled_batch_size: int | None = _opt(None, 'transfer-set images per process and step (default: --batch-size)')
     skip_bad_images: bool = _opt(False, 'skip and count unreadable images instead of stopping')
+    decode: str = _opt('pil', 'image files read by PIL with the official transforms (pil), or by torchvision.io '
+                       'with the same transforms from transforms.v2 on tensors (tensor: faster, bench/loader.py)')
 
 # %% ../nbs/08_config.ipynb #10bd3cb3
 @dataclass
@@ -215,7 +217,7 @@ class RunOptions:
 # %% ../nbs/08_config.ipynb #4c3dfc4b
 CHOICES = dict(teacher_norm=['auto', 'imagenet'], opt=['sgd', 'adamw'],
                lr_scheduler=['steplr', 'multisteplr', 'cosineannealinglr'], lr_warmup_method=['linear', 'constant'],
-               amp=['none', 'bf16', 'fp16'], interpolation=['bilinear', 'bicubic', 'nearest'],
+               amp=['none', 'bf16', 'fp16'], interpolation=['bilinear', 'bicubic', 'nearest'], decode=['pil', 'tensor'],
                auto_augment=[None, 'ta_wide'], dataset=list(DATASETS))
 GROUPS = (MethodOptions, ModelOptions, DataOptions, AugmentOptions, OptimOptions, SpeedOptions, RunOptions)
 
@@ -236,6 +238,9 @@ def check_config(cfg) -> None:
                                                           else '') + ")")
     if cfg.download and cfg.dataset == 'imagefolder':
         raise ValueError("--download fetches --dataset cifar10 or cifar100; an ImageFolder tree is yours to provide")
+    if cfg.decode == 'tensor' and cfg.dataset != 'imagefolder':
+        raise ValueError(f"--decode tensor reads image files; --dataset {cfg.dataset} is decoded in memory: "
+                         "leave --decode pil")
     check_schedule(cfg)
     if cfg.teacher == 'none' and cfg.train_crop_size is None:
         raise ValueError("--teacher none: give --train-crop-size (crops default to the teacher's image size)")

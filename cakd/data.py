@@ -19,9 +19,9 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader
 from .core import IMAGENET_MEAN, IMAGENET_STD, seeded
 
 # %% auto #0
-__all__ = ['write_digits', 'check_image_folder', 'BadImageError', 'ImageFolder', 'load_sample', 'collate',
-           'UnlabeledFolder', 'train_transform', 'standard_resize', 'eval_transform', 'batch_mix', 'RASampler',
-           'ShardSampler', 'Cycle', 'repeat_none', 'Skip', 'Keyed', 'SeededDataset']
+__all__ = ['DECODES', 'write_digits', 'check_image_folder', 'BadImageError', 'decode_tensor', 'decoder', 'ImageFolder',
+           'load_sample', 'collate', 'UnlabeledFolder', 'train_transform', 'standard_resize', 'eval_transform',
+           'batch_mix', 'RASampler', 'ShardSampler', 'Cycle', 'repeat_none', 'Skip', 'Keyed', 'SeededDataset']
 
 # %% ../nbs/07_data.ipynb #68817095
 def write_digits(root: str | Path, size: int = 32, val_fraction: float = 0.2, seed: int = 0,
@@ -76,19 +76,30 @@ def check_image_folder(root: str | Path, splits: Sequence[str] = ('train', 'val'
 class BadImageError(RuntimeError):
     "An image file that cannot be decoded."
 
+DECODES = ('pil', 'tensor')
+
+def decode_tensor(path) -> torch.Tensor:
+    "The image file at `path` as an RGB uint8 tensor `(3, H, W)`, decoded by `torchvision.io` (JPEG, PNG, ...)."
+    return torchvision.io.decode_image(torchvision.io.read_file(str(path)), mode=torchvision.io.ImageReadMode.RGB)
+
+def decoder(decode: str):
+    "The image reader of `--decode`: PIL (the official path) or `torchvision.io` into tensors."
+    if decode not in DECODES: raise ValueError(f"--decode {decode!r}: expected one of {', '.join(DECODES)}")
+    return default_loader if decode == 'pil' else decode_tensor
+
 class ImageFolder(torchvision.datasets.ImageFolder):
     "`torchvision.datasets.ImageFolder` whose unreadable images raise an error naming the file, or are skipped."
-    def __init__(self, root, transform=None, skip_bad: bool = False):
+    def __init__(self, root, transform=None, skip_bad: bool = False, decode: str = 'pil'):
         super().__init__(str(root), transform=transform)
-        self.skip_bad = skip_bad
+        self.skip_bad, self.read = skip_bad, decoder(decode)
 
     def __getitem__(self, i):
         path, target = self.samples[i]
-        return load_sample(path, target, self.transform, self.skip_bad)
+        return load_sample(path, target, self.transform, self.skip_bad, self.read)
 
-def load_sample(path, target: int, transform=None, skip_bad: bool = False):
+def load_sample(path, target: int, transform=None, skip_bad: bool = False, read=default_loader):
     "`(transform(image), target)` of the image at `path`; None if unreadable and `skip_bad`, else a `BadImageError`."
-    try: img = default_loader(path)
+    try: img = read(path)
     except Exception as e:
         if skip_bad: return None
         raise BadImageError(f"cannot read image {path}: {e}; fix or remove it, or pass --skip-bad-images") from e
@@ -104,41 +115,54 @@ def collate(batch: list) -> tuple:
 # %% ../nbs/07_data.ipynb #e2ea1cfe
 class UnlabeledFolder(torch.utils.data.Dataset):
     "Every image under `root` (a flat folder or an ImageFolder tree; labels ignored) as `(image, -1)`."
-    def __init__(self, root, transform=None, skip_bad: bool = False, what: str = '--unlabeled'):
+    def __init__(self, root, transform=None, skip_bad: bool = False, what: str = '--unlabeled', decode: str = 'pil'):
         root = Path(root)
         if root.is_file(): raise NotADirectoryError(f"{what} {root}: a file; expected a folder of images")
         if not root.is_dir(): raise FileNotFoundError(f"{what} {root}: no such folder")
         self.samples = sorted(str(p) for p in _images(root))
         if not self.samples:
             raise ValueError(f"{what} {root}: no images ({', '.join(IMG_EXTENSIONS)}) in it or below it")
-        self.root, self.transform, self.skip_bad = root, transform, skip_bad
+        self.root, self.transform, self.skip_bad, self.read = root, transform, skip_bad, decoder(decode)
 
     def __len__(self) -> int: return len(self.samples)
-    def __getitem__(self, i): return load_sample(self.samples[i], -1, self.transform, self.skip_bad)
+    def __getitem__(self, i): return load_sample(self.samples[i], -1, self.transform, self.skip_bad, self.read)
 
 # %% ../nbs/07_data.ipynb #1384e73b
 def _interp(name: str):
     return T.InterpolationMode(name)
 
+def _ops(tensors: bool):
+    "The transforms of a decode path: `transforms.v2` on tensors (or PIL images), else the official `transforms`."
+    return v2 if tensors else T
+
+def _to_float(tensors: bool) -> list:
+    "Image to a float tensor in [0, 1]: from PIL (the official path), or from a uint8 tensor or PIL through v2."
+    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)] if tensors else [T.PILToTensor(),
+                                                                                   T.ConvertImageDtype(torch.float)]
+
 def train_transform(crop: int, interpolation: str = 'bilinear', hflip: float = 0.5, auto_augment: str | None = None,
-                    random_erase: float = 0.0, mean=IMAGENET_MEAN, std=IMAGENET_STD, min_scale: float = 0.08):
-    "The training transform of the official recipe; `auto_augment` is None or 'ta_wide'."
-    ops = [T.RandomResizedCrop(crop, scale=(min_scale, 1.0), interpolation=_interp(interpolation), antialias=True)]
-    if hflip > 0: ops.append(T.RandomHorizontalFlip(hflip))
-    if auto_augment == 'ta_wide': ops.append(T.TrivialAugmentWide(interpolation=_interp(interpolation)))
+                    random_erase: float = 0.0, mean=IMAGENET_MEAN, std=IMAGENET_STD, min_scale: float = 0.08,
+                    tensors: bool = False):
+    "The training transform of the official recipe; `auto_augment` is None or 'ta_wide'; `tensors`: the v2 ops."
+    t = _ops(tensors)
+    ops = [t.RandomResizedCrop(crop, scale=(min_scale, 1.0), interpolation=_interp(interpolation), antialias=True)]
+    if hflip > 0: ops.append(t.RandomHorizontalFlip(hflip))
+    if auto_augment == 'ta_wide': ops.append(t.TrivialAugmentWide(interpolation=_interp(interpolation)))
     elif auto_augment is not None: raise ValueError(f"unknown auto_augment {auto_augment!r}; valid values are: ta_wide")
-    ops += [T.PILToTensor(), T.ConvertImageDtype(torch.float), T.Normalize(mean, std)]
-    if random_erase > 0: ops.append(T.RandomErasing(random_erase))
-    return T.Compose(ops)
+    ops += [*_to_float(tensors), t.Normalize(mean, std)]
+    if random_erase > 0: ops.append(t.RandomErasing(random_erase))
+    return t.Compose(ops)
 
 def standard_resize(crop: int) -> int:
     "The usual evaluation resize for a centre crop (256 for 224)."
     return round(crop / 0.875)
 
-def eval_transform(resize: int, crop: int, interpolation: str = 'bilinear', mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    "Resize the short side to `resize`, centre-crop `crop`, normalise."
-    return T.Compose([T.Resize(resize, interpolation=_interp(interpolation), antialias=True), T.CenterCrop(crop),
-                      T.PILToTensor(), T.ConvertImageDtype(torch.float), T.Normalize(mean, std)])
+def eval_transform(resize: int, crop: int, interpolation: str = 'bilinear', mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                   tensors: bool = False):
+    "Resize the short side to `resize`, centre-crop `crop`, normalise; `tensors`: the v2 ops."
+    t = _ops(tensors)
+    return t.Compose([t.Resize(resize, interpolation=_interp(interpolation), antialias=True), t.CenterCrop(crop),
+                      *_to_float(tensors), t.Normalize(mean, std)])
 
 # %% ../nbs/07_data.ipynb #1df5b98d
 def batch_mix(num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0):

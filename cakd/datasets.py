@@ -163,16 +163,16 @@ class ArrayDataset(torch.utils.data.Dataset):
 
 class FolderSource:
     "An ImageFolder tree with `train/` and `val/`."
-    def __init__(self, root: str | Path, skip_bad: bool = False):
-        self.root, self.skip_bad = Path(root), skip_bad
+    def __init__(self, root: str | Path, skip_bad: bool = False, decode: str = 'pil'):
+        self.root, self.skip_bad, self.decode = Path(root), skip_bad, decode
         self.classes = check_image_folder(self.root)
 
     def dataset(self, split: str, transform=None):
-        return ImageFolder(self.root / split, transform, self.skip_bad)
+        return ImageFolder(self.root / split, transform, self.skip_bad, self.decode)
 
     def train_transform(self, cfg, crop: int, norm: tuple):
         return train_transform(crop, cfg.interpolation, cfg.hflip, cfg.auto_augment, cfg.random_erase, *norm,
-                               cfg.crop_scale)
+                               cfg.crop_scale, tensors=cfg.decode == 'tensor')
 
 class CIFARSource:
     "CIFAR-10 or CIFAR-100 in torchvision's layout under `root`; the splits are read when first asked for."
@@ -206,7 +206,7 @@ def open_dataset(cfg):
         raise ValueError(f"--data is required: " + ("an ImageFolder root with train/ and val/, one sub-folder per class"
                          if cfg.dataset == 'imagefolder' else f"the folder that holds (or, with --download, will hold) "
                          f"{CIFAR[cfg.dataset].folder}/") + " (data= in a TrainConfig)")
-    if cfg.dataset == 'imagefolder': return FolderSource(cfg.data, cfg.skip_bad_images)
+    if cfg.dataset == 'imagefolder': return FolderSource(cfg.data, cfg.skip_bad_images, cfg.decode)
     return CIFARSource(cfg.dataset, cfg.data, cfg.data_checksums)
 
 def download_dataset(cfg) -> None:

@@ -631,3 +631,13 @@ def test_cakd_train_on_a_full_disk_says_which_file_in_one_line_and_leaves_no_tem
     assert 'File too large' in last[0] and 'free there' in last[0] and 'Traceback' not in r.stderr
     assert not [p.name for p in out.iterdir() if '.tmp' in p.name]              # no temporary file left
     assert json.loads((out / 'config.json').read_text())['epochs'] == 1          # what fitted was written whole
+
+
+def test_decode_tensor_trains_from_image_files_and_is_refused_for_in_memory_data(digits, tmp_path, main_in_process):
+    out = tmp_path / 'tensor'
+    code, stdout, err = main_in_process('--data', digits, '--output', out, '--epochs', '1', '--max-steps-per-epoch', 2,
+                                        *SMALL, '--decode', 'tensor', '--unlabeled', digits / 'train')
+    assert code == 0, err[-2000:]
+    assert json.loads((out / 'config.json').read_text())['decode'] == 'tensor' and 'val_top1' in records(out)[-1]
+    code, _, err = main_in_process('--dataset', 'cifar10', '--data', tmp_path, '--decode', 'tensor', *SMALL)
+    assert code == 1 and '--decode tensor reads image files; --dataset cifar10 is decoded in memory' in err
