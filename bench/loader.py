@@ -47,6 +47,10 @@ def write_jpegs(root: Path, images: int, size: tuple = SIZE, quality: int = 90) 
     return root / 'train'
 
 
+PIL_PATH = 'decode + official augmentation: PIL (--decode pil)'
+TENSOR_PATH = 'decode + official augmentation: torchvision.io + v2 (--decode tensor)'
+
+
 def pil_decode(path): return Image.open(path).convert('RGB')
 
 
@@ -70,8 +74,7 @@ def paths(train: Path, crop: int) -> dict:
     tensors = ImageFolder(train, train_transform(crop, **official, tensors=True), decode='tensor')
     index = {Path(p): i for i, (p, _) in enumerate(folder.samples)}
     return {'decode: PIL': pil_decode, 'decode: torchvision.io': decode_tensor,
-            'decode + official augmentation: PIL (--decode pil)': lambda p: folder[index[p]],
-            'decode + official augmentation: torchvision.io + v2 (--decode tensor)': lambda p: tensors[index[p]]}
+            PIL_PATH: lambda p: folder[index[p]], TENSOR_PATH: lambda p: tensors[index[p]]}
 
 
 def mixup_per_second(batch: int, crop: int, reps: int, classes: int = 1000) -> float:
@@ -84,6 +87,13 @@ def mixup_per_second(batch: int, crop: int, reps: int, classes: int = 1000) -> f
 def workers_needed(step_ips: float, worker_ips: float) -> int:
     "Loader workers per GPU for a step of `step_ips` images/s when one worker makes `worker_ips`."
     return max(1, math.ceil(step_ips / worker_ips))
+
+
+def workers_line(step_ips: float, ips: dict, step: str = 'the step') -> str:
+    "How many loader workers per GPU keep up with a step of `step_ips` images/s, on each decode path."
+    pil, tens = ips[PIL_PATH], ips[TENSOR_PATH]
+    return (f"the loader needs {workers_needed(step_ips, pil)} workers per GPU to keep up ({step}: {step_ips:.0f} "
+            f"images/s / {pil:.0f}), {workers_needed(step_ips, tens)} with --decode tensor")
 
 
 def measure(images: int, crop: int, reps: int, batch: int) -> dict:
@@ -116,13 +126,9 @@ def main(argv=None):
     print(f"{a.images} JPEGs of {SIZE[0]}x{SIZE[1]}, crop {a.crop}, one thread (one loader worker), best of {a.reps}")
     ips = measure(a.images, a.crop, a.reps, a.batch)
     for k, v in ips.items():
-        print(f"{k:55s} {v:8.1f} images/s")
-    pil = ips['decode + official augmentation: PIL (--decode pil)']
-    tens = ips['decode + official augmentation: torchvision.io + v2 (--decode tensor)']
-    print(f"torchvision.io+v2/PIL = {tens / pil:.2f}")
-    if a.step_images_per_s:
-        n = workers_needed(a.step_images_per_s, pil)
-        print(f"the loader needs {n} workers per GPU to keep up ({a.step_images_per_s:.0f} images/s / {pil:.0f})")
+        print(f"{k:70s} {v:8.1f} images/s")
+    print(f"torchvision.io+v2/PIL = {ips[TENSOR_PATH] / ips[PIL_PATH]:.2f}")
+    if a.step_images_per_s: print(workers_line(a.step_images_per_s, ips))
 
 
 if __name__ == '__main__':

@@ -194,13 +194,11 @@ def loader_check(rep, dev, shapes, results: dict):
 
     def check():
         ips = loader.measure(images, 224, reps, min(shapes.batch, 64))   # the ImageNet crop, whatever the step's
-        pil = ips['decode + official augmentation: PIL (cakd.data)']
         fig = ', '.join(f'{k}: {v:.0f}/s' for k, v in ips.items())
         name, step_ips = best_step(results)
+        workers = None
         if step_ips:
-            n = loader.workers_needed(step_ips, pil)
-            need = f'the loader needs {n} workers per GPU to keep up ({name}: {step_ips:.0f} images/s / {pil:.0f})'
-            fig = f'{need}; {fig}'
-        return fig, dict(images_s=ips, step=name, step_images_s=step_ips,
-                         workers=loader.workers_needed(step_ips, pil) if step_ips else None)
+            fig = f'{loader.workers_line(step_ips, ips, name)}; {fig}'
+            workers = {p: loader.workers_needed(step_ips, ips[p]) for p in (loader.PIL_PATH, loader.TENSOR_PATH)}
+        return fig, dict(images_s=ips, step=name, step_images_s=step_ips, workers=workers)
     rep.run('loader: images/s per worker, workers per GPU', check)
