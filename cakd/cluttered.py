@@ -12,7 +12,8 @@ import torch
 
 # %% auto #0
 __all__ = ['SPLITS', 'digit_pools', 'cluttered_sample', 'ClutteredDigits', 'cluttered_digits', 'box_cover',
-           'mass_in_box', 'box_share', 'localisation', 'teacher_map', 'write_cluttered', 'show_cluttered']
+           'mass_in_box', 'box_share', 'localisation', 'ink_map', 'localisation_gate', 'teacher_map', 'write_cluttered',
+           'show_cluttered']
 
 # %% ../nbs/07b_cluttered.ipynb #736a9a96
 SPLITS = ('train', 'val')
@@ -120,6 +121,19 @@ def localisation(maps: torch.Tensor, boxes: torch.Tensor, image_size: tuple) -> 
     "Mean mass in the box, mean box share and their ratio (1: no localisation) of maps (N, h, w)."
     mass, share = mass_in_box(maps, boxes, image_size).mean().item(), box_share(boxes, image_size).mean().item()
     return dict(mass_in_box=mass, box_share=share, ratio=mass / share)
+
+# %% ../nbs/07b_cluttered.ipynb #c4e1a2b4
+def ink_map(images: torch.Tensor, grid: tuple) -> torch.Tensor:
+    "The images' (N, C, H, W) ink pooled over an `(h, w)` grid, channels averaged: (N, h, w)."
+    return torch.nn.functional.adaptive_avg_pool2d(images.float().mean(1, keepdim=True), tuple(grid))[:, 0]
+
+def localisation_gate(maps: torch.Tensor, images: torch.Tensor, boxes: torch.Tensor, factor: float = 3.0) -> dict:
+    """`localisation` of `maps` (N, h, w) over `images` (N, C, H, W, in [0, 1]) beside the ink map's ratio, and whether
+    the maps pass: a ratio of at least `factor` and above the ink's."""
+    size = tuple(images.shape[-2:])
+    mine = localisation(maps, boxes, size)
+    ink = localisation(ink_map(images, maps.shape[-2:]), boxes, size)['ratio']
+    return dict(mine, ink_ratio=ink, passes=mine['ratio'] >= factor and mine['ratio'] > ink)
 
 # %% ../nbs/07b_cluttered.ipynb #67e5a5df
 def teacher_map(f) -> torch.Tensor:

@@ -1,4 +1,5 @@
 """The benchmarks run (tiny sizes) and print the ratios they exist for; the real figures are in the notes."""
+import json
 import os
 import subprocess
 import sys
@@ -63,3 +64,14 @@ def test_loader_bench_prints_each_path_and_the_workers_needed():
     assert lines[-1].startswith('the loader needs ') and ' workers per GPU to keep up' in lines[-1]
     assert lines[-2].startswith('torchvision.io+v2/PIL = ')
     assert sum(l.endswith(' images/s') for l in lines) == 5                  # two decodes, two pipelines, mixup
+
+
+def test_cluttered_teacher_gate_prints_each_evaluation_and_the_verdict(tmp_path):
+    png = tmp_path / 'gate.png'
+    lines = run('cluttered_teacher.py', '--steps', '4', '--every', '2', '--val', '24', '--batch', '8', '--depth', '2',
+                '--figure', str(png))
+    evals = [json.loads(l) for l in lines if l.startswith('{')]
+    assert [e['step'] for e in evals] == [2, 4] and all(len(e['ratio']) == 2 for e in evals)
+    assert all(e['ink_ratio'] > 3 and 0 <= e['top1'] <= 100 for e in evals)   # the ink alone localises
+    assert lines[-1].startswith('gate: block ') and ('does not pass' in lines[-1]) == (not evals[-1]['passes'])
+    assert png.stat().st_size > 10_000
