@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from .config import parse_config
+from .flags import parse_config
 
 # %% auto #0
 __all__ = ['main', 'cli']

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from .build import check_teacher_classes, teacher_classes
-from .config import TrainConfig, to_argv
+from .config import TrainConfig
+from .flags import to_argv
 from .runs import read_records, recorded_teacher
 from .core import DeviceError, resolve_device
 from .presets import did_you_mean

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cakd.config import parse_config
+from cakd.flags import parse_config
 
 CHECK = '''
 import sys

@@ -51,7 +51,7 @@ def test_readme_training_smoke_commands_run(tmp_path):
 def test_readme_gpu_commands_parse():
     import shlex
     from torch.distributed.run import get_args_parser
-    from cakd.config import parse_config
+    from cakd.flags import parse_config
     (block,) = sh_blocks('bash')
     lines = [l for l in block.splitlines() if l.strip()]
     assert lines[0] == 'make imagenet DATA=/data/imagenet' and len(lines) == 3   # run by test_make_imagenet_as_...
@@ -79,7 +79,7 @@ def test_every_make_line_of_the_readme_is_run_by_a_test():
 def test_readme_cifar100_commands_parse():
     "The CIFAR-100 lines: `make cifar100` runs in tests/test_cifar.py; the others parse into the runs they describe."
     import shlex
-    from cakd.config import parse_config
+    from cakd.flags import parse_config
     from cakd.export import build_parser
     (block,) = [b for b in sh_blocks('sh') if 'make cifar100' in b]
     lines = [shlex.split(l) for l in block.splitlines() if l.strip()]

@@ -16,7 +16,8 @@ import torchvision
 
 from dataclasses import fields
 
-from cakd.config import TrainConfig, parse_config
+from cakd.config import TrainConfig
+from cakd.flags import parse_config
 from cakd.checkpoint import hold_folder, read_checkpoint
 
 BIN = Path(sys.executable).parent
