@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import warnings
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -32,7 +33,7 @@ __all__ = ['WEIGHT_SUFFIXES', 'NO_WEIGHTS', 'STUDENT_NORM', 'is_weights_file', '
            'head_classes', 'check_timm_weights', 'build_teacher', 'weights_line', 'teacher_classes',
            'check_teacher_classes', 'build_student', 'read_class_map', 'build_distiller', 'replace_head',
            'vit_input_size', 'build_finetune', 'teacher_file', 'val_resizes', 'build_loaders', 'step_options',
-           'open_run_data', 'build_run_distiller', 'run_warnings']
+           'open_run_data', 'build_run_distiller', 'make_scheduler', 'Schedules', 'run_warnings']
 
 # %% ../nbs/10_build.ipynb #3a11f753
 WEIGHT_SUFFIXES = ('.pt', '.pth', '.bin', '.ckpt', '.tar', '.safetensors')   # .tar: timm's model_best.pth.tar
@@ -292,6 +293,50 @@ def build_run_distiller(cfg: TrainConfig, num_classes: int, env: Env):
     if env.world > 1: d.distribute(device_ids=[env.device.index] if env.device.index is not None else None)
     if cfg.compile or cfg.compile_teacher: d.compile(student=cfg.compile, head=cfg.compile, teacher=cfg.compile_teacher)
     return d
+
+# %% ../nbs/10_build.ipynb #c8daba7f
+def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, lr_min: float):
+    "Per-epoch learning-rate schedule: optional warm-up, then step or cosine decay."
+    sched = torch.optim.lr_scheduler
+    if cfg.lr_scheduler == 'steplr': main = sched.StepLR(opt, cfg.lr_step_size, cfg.lr_gamma)
+    elif cfg.lr_scheduler == 'multisteplr':                       # milestones count from the start of the run
+        main = sched.MultiStepLR(opt, [m - max(0, cfg.lr_warmup_epochs) for m in cfg.lr_milestones], cfg.lr_gamma)
+    else: main = sched.CosineAnnealingLR(opt, max(1, cfg.epochs - cfg.lr_warmup_epochs), eta_min=lr_min)
+    if cfg.lr_warmup_epochs <= 0: return main
+    if cfg.lr_warmup_method == 'linear':
+        warm = sched.LinearLR(opt, start_factor=cfg.lr_warmup_decay, total_iters=cfg.lr_warmup_epochs)
+    else: warm = sched.ConstantLR(opt, factor=cfg.lr_warmup_decay, total_iters=cfg.lr_warmup_epochs)
+    return sched.SequentialLR(opt, [warm, main], milestones=[cfg.lr_warmup_epochs])
+
+class Schedules:
+    "The per-epoch schedules of a distiller's optimisers (the student's, and D's when it has one)."
+    def __init__(self, opt: torch.optim.Optimizer, d_opt: torch.optim.Optimizer | None, cfg: TrainConfig):
+        self.sched = make_scheduler(opt, cfg, cfg.lr_min)
+        self.d_sched = make_scheduler(d_opt, cfg, cfg.lr_min * cfg.d_lr_factor) if d_opt is not None else None
+        self.opts, self.cfg = [o for o in (opt, d_opt) if o is not None], cfg
+
+    def warm(self, progress: float):
+        "With `--lr-warmup-per-step`, each step's rate within the warm-up, `progress` epochs in (linear or constant)."
+        c = self.cfg
+        if not c.lr_warmup_per_step or progress >= c.lr_warmup_epochs: return
+        d = c.lr_warmup_decay
+        factor = d + (1 - d) * progress / c.lr_warmup_epochs if c.lr_warmup_method == 'linear' else d
+        for group in (g for o in self.opts for g in o.param_groups): group['lr'] = group['initial_lr'] * factor
+
+    def step(self):
+        """Advance both schedules by an epoch. The optimisers step first by construction; PyTorch's warning that they
+        did not is wrong for D idle while the ramp is at zero and for an epoch resumed after its last batch."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings('ignore', message='Detected call of `lr_scheduler.step\\(\\)` before')
+            self.sched.step()
+            if self.d_sched is not None: self.d_sched.step()
+
+    def state_dict(self) -> dict:
+        return {'sched': self.sched.state_dict(), 'd_sched': self.d_sched and self.d_sched.state_dict()}
+
+    def load_state_dict(self, state: dict):
+        self.sched.load_state_dict(state['sched'])
+        if self.d_sched is not None and state.get('d_sched') is not None: self.d_sched.load_state_dict(state['d_sched'])
 
 # %% ../nbs/10_build.ipynb #18c70b59
 def run_warnings(cfg: TrainConfig, world: int) -> list:

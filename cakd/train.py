@@ -5,14 +5,12 @@
 # %% ../nbs/11_train.ipynb #7803b1b2
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
 import signal
 import sys
 import time
-import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -21,123 +19,21 @@ import torch.distributed as dist
 from fastcore.basics import patch
 from torch import nn
 
-from .build import STUDENT_NORM, build_loaders, build_run_distiller, open_run_data, run_warnings, teacher_file
-from .build import weights_line
+from .build import STUDENT_NORM, Schedules, build_loaders, build_run_distiller, open_run_data, run_warnings
+from .build import teacher_file, weights_line
 from .checkpoint import CheckpointError, FolderBusy, check_compatible, hold_folder, read_checkpoint
-from .checkpoint import WriteError, remove_stale_temps, rng_state, save_atomic, save_text, set_rng_state, writing
+from .checkpoint import WriteError, remove_stale_temps, rng_state, save_atomic, save_text, set_rng_state
 from .config import TrainConfig, get_method
 from .core import DeviceError, Env, derive_seed, fp32, mean_over_ranks, seeded, setup_env
 from .data import BadImageError, Cycle, Keyed, Skip, batch_mix, collate, repeat_none
 from .diagnose import fit_quality, step_diagnostics
 from .distiller import export_student
+from .runlog import RunLog
 from .runs import read_records, recorded_teacher
 
 # %% auto #0
-__all__ = ['USER_ERRORS', 'make_scheduler', 'Schedules', 'tidy', 'scalar_tag', 'append_csv', 'RunLog', 'Stop',
-           'StopFlag', 'Evaluator', 'Trainer', 'epoch_sums', 'add_step', 'progress', 'advance', 'epoch_line',
-           'resize_note', 'schedule_line', 'train']
-
-# %% ../nbs/11_train.ipynb #c8daba7f
-def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, lr_min: float):
-    "Per-epoch learning-rate schedule: optional warm-up, then step or cosine decay."
-    sched = torch.optim.lr_scheduler
-    if cfg.lr_scheduler == 'steplr': main = sched.StepLR(opt, cfg.lr_step_size, cfg.lr_gamma)
-    elif cfg.lr_scheduler == 'multisteplr':                       # milestones count from the start of the run
-        main = sched.MultiStepLR(opt, [m - max(0, cfg.lr_warmup_epochs) for m in cfg.lr_milestones], cfg.lr_gamma)
-    else: main = sched.CosineAnnealingLR(opt, max(1, cfg.epochs - cfg.lr_warmup_epochs), eta_min=lr_min)
-    if cfg.lr_warmup_epochs <= 0: return main
-    if cfg.lr_warmup_method == 'linear':
-        warm = sched.LinearLR(opt, start_factor=cfg.lr_warmup_decay, total_iters=cfg.lr_warmup_epochs)
-    else: warm = sched.ConstantLR(opt, factor=cfg.lr_warmup_decay, total_iters=cfg.lr_warmup_epochs)
-    return sched.SequentialLR(opt, [warm, main], milestones=[cfg.lr_warmup_epochs])
-
-class Schedules:
-    "The per-epoch schedules of a distiller's optimisers (the student's, and D's when it has one)."
-    def __init__(self, opt: torch.optim.Optimizer, d_opt: torch.optim.Optimizer | None, cfg: TrainConfig):
-        self.sched = make_scheduler(opt, cfg, cfg.lr_min)
-        self.d_sched = make_scheduler(d_opt, cfg, cfg.lr_min * cfg.d_lr_factor) if d_opt is not None else None
-        self.opts, self.cfg = [o for o in (opt, d_opt) if o is not None], cfg
-
-    def warm(self, progress: float):
-        "With `--lr-warmup-per-step`, each step's rate within the warm-up, `progress` epochs in (linear or constant)."
-        c = self.cfg
-        if not c.lr_warmup_per_step or progress >= c.lr_warmup_epochs: return
-        d = c.lr_warmup_decay
-        factor = d + (1 - d) * progress / c.lr_warmup_epochs if c.lr_warmup_method == 'linear' else d
-        for group in (g for o in self.opts for g in o.param_groups): group['lr'] = group['initial_lr'] * factor
-
-    def step(self):
-        """Advance both schedules by an epoch. The optimisers step first by construction; PyTorch's warning that they
-        did not is wrong for D idle while the ramp is at zero and for an epoch resumed after its last batch."""
-        with warnings.catch_warnings():
-            warnings.filterwarnings('ignore', message='Detected call of `lr_scheduler.step\\(\\)` before')
-            self.sched.step()
-            if self.d_sched is not None: self.d_sched.step()
-
-    def state_dict(self) -> dict:
-        return {'sched': self.sched.state_dict(), 'd_sched': self.d_sched and self.d_sched.state_dict()}
-
-    def load_state_dict(self, state: dict):
-        self.sched.load_state_dict(state['sched'])
-        if self.d_sched is not None and state.get('d_sched') is not None: self.d_sched.load_state_dict(state['d_sched'])
-
-# %% ../nbs/11_train.ipynb #ca140ac9
-def tidy(record: dict) -> dict:
-    "`record` with every float at 6 significant digits: how logs, epochs.csv and returned records show numbers."
-    return {k: float(f'{v:.6g}') if isinstance(v, float) else v for k, v in record.items()}
-
-def scalar_tag(key: str, event: str) -> str:
-    "The TensorBoard tag of a record's `key`: `train_ce` -> `train/ce`, `val_37_top1` -> `val_37/top1`, ..."
-    head, _, rest = key.partition('_')
-    if event != 'epoch' or head not in ('train', 'val', 'ema', 'teacher'): return f'{event}/{key}'
-    size, _, name = rest.partition('_')
-    return f'{head}_{size}/{name}' if size.isdigit() else f'{head}/{rest}'
-
-def append_csv(path: Path, row: dict):
-    "Append `row` to the CSV file `path` (the header grows with new columns), rewritten atomically."
-    rows = list(csv.DictReader(path.open(newline=''))) if path.exists() else []
-    names = list(dict.fromkeys([k for r in rows for k in r] + list(row)))
-    tmp = path.with_suffix('.csv.tmp')
-    with writing(path, tmp):
-        with open(tmp, 'w', newline='') as f:
-            w = csv.DictWriter(f, fieldnames=names, restval='')
-            w.writeheader()
-            w.writerows(rows + [row])
-        os.replace(tmp, path)                                # a crash mid-write leaves the previous file
-
-# %% ../nbs/11_train.ipynb #6a0e3f11
-class RunLog:
-    "A run's records: all in log.jsonl, epochs in epochs.csv, numbers in TensorBoard; only the main process writes."
-    def __init__(self, out: str | Path, main: bool = True, tensorboard: bool = False):
-        self.out, self.main, self.writer = Path(out), main, None
-        if main and tensorboard:
-            try: from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise ImportError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
-            self.writer = SummaryWriter(str(self.out / 'tensorboard'))
-
-    def __call__(self, record: dict, echo: bool = True) -> dict:
-        "Write `record` (tidied) and print it; returns it."
-        record = tidy(record)
-        if not self.main: return record
-        line = json.dumps({'time': round(time.time(), 3), **record})
-        with writing(self.out / 'log.jsonl'), open(self.out / 'log.jsonl', 'a') as f: f.write(line + '\n')
-        if echo: print(json.dumps(record), flush=True)
-        if record.get('event') == 'epoch': append_csv(self.out / 'epochs.csv', record)
-        if self.writer is not None: self.scalars(record)
-        return record
-
-    def scalars(self, record: dict):
-        "Every number of `record` as a TensorBoard scalar, at its step (step records) or epoch (the others)."
-        event = record.get('event', 'epoch')
-        x = record.get('step', 0) if event == 'step' else record.get('epoch', 0)
-        for k, v in record.items():
-            if k in ('epoch', 'step', 'time') or isinstance(v, bool) or not isinstance(v, (int, float)): continue
-            self.writer.add_scalar(scalar_tag(k, event), v, x)
-        self.writer.flush()
-
-    def close(self):
-        if self.writer is not None: self.writer.close()
+__all__ = ['USER_ERRORS', 'Stop', 'StopFlag', 'Evaluator', 'Trainer', 'epoch_sums', 'add_step', 'progress', 'advance',
+           'epoch_line', 'resize_note', 'schedule_line', 'train']
 
 # %% ../nbs/11_train.ipynb #4a1c9e2b
 class Stop(Exception): "Raised to leave the training loop after a signal."
