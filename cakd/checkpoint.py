@@ -19,8 +19,9 @@ from .config import TrainConfig
 
 # %% auto #0
 __all__ = ['RUN_INDEPENDENT', 'temp_name', 'save_atomic', 'save_text', 'WriteError', 'writing', 'os_cause',
-           'free_space', 'remove_stale_temps', 'FolderBusy', 'hold_folder', 'CheckpointError', 'read_checkpoint',
-           'rng_state', 'set_rng_state', 'flat_fields', 'field_changes', 'as_current', 'check_compatible']
+           'free_space', 'remove_stale_temps', 'FolderBusy', 'hold_folder', 'drop_empty_folder', 'CheckpointError',
+           'read_checkpoint', 'rng_state', 'set_rng_state', 'flat_fields', 'field_changes', 'as_current',
+           'check_compatible']
 
 # %% ../nbs/09_checkpoint.ipynb #cfa306d6
 def temp_name(path: Path) -> Path:
@@ -114,6 +115,12 @@ def hold_folder(folder: str | Path, wait: float = 60.0, say=print):
     f.write(f"cakd-train pid {os.getpid()}")
     f.flush()
     return f
+
+def drop_empty_folder(folder: str | Path, held=None):
+    "Let go of `held` and remove run folder `folder` if nothing but its lock is in it (a run refused before writing)."
+    if held is not None: held.close()
+    folder = Path(folder)
+    if folder.is_dir() and all(p.name == '.lock' for p in folder.iterdir()): shutil.rmtree(folder)
 
 # %% ../nbs/09_checkpoint.ipynb #c143d2ec
 class CheckpointError(ValueError):

@@ -21,7 +21,8 @@ from torch import nn
 
 from .build import STUDENT_NORM, Schedules, build_loaders, build_run_distiller, open_run_data, run_warnings
 from .build import teacher_file, weights_line
-from .checkpoint import CheckpointError, FolderBusy, check_compatible, hold_folder, read_checkpoint
+from .checkpoint import CheckpointError, FolderBusy, check_compatible, drop_empty_folder, hold_folder
+from .checkpoint import read_checkpoint
 from .checkpoint import WriteError, remove_stale_temps, rng_state, save_atomic, save_text, set_rng_state
 from .config import TrainConfig, get_method
 from .core import DeviceError, Env, derive_seed, fp32, mean_over_ranks, seeded, setup_env
@@ -121,8 +122,17 @@ class Trainer:
         self.cfg = cfg = recorded_teacher(cfg)                     # a fine-tuned teacher.pt says what model it is
         self.out, self.source = Path(cfg.output), open_run_data(cfg, env)   # before anything is created
         self.classes = self.source.classes
+        new = not self.out.exists()
         self.out.mkdir(parents=True, exist_ok=True)
         self.held = hold_folder(self.out) if env.main else None   # a stopping run here finishes first
+        try: self.build()
+        except BaseException:
+            if new and env.main: drop_empty_folder(self.out, self.held)   # a refused run leaves no folder behind
+            raise
+
+    def build(self):
+        "The run's parts, on the folder this process holds: log, distiller, data, evaluation, schedules, a resume."
+        cfg, env = self.cfg, self.env
         if env.main: remove_stale_temps(self.out)
         if cfg.deterministic:
             os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')

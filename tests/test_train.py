@@ -642,3 +642,14 @@ def test_decode_tensor_trains_from_image_files_and_is_refused_for_in_memory_data
     assert json.loads((out / 'config.json').read_text())['decode'] == 'tensor' and 'val_top1' in records(out)[-1]
     code, _, err = main_in_process('--dataset', 'cifar10', '--data', tmp_path, '--decode', 'tensor', *SMALL)
     assert code == 1 and '--decode tensor reads image files; --dataset cifar10 is decoded in memory' in err
+
+
+def test_a_run_refused_while_it_builds_leaves_no_folder(digits, tmp_path, fail):
+    out = tmp_path / 'refused'
+    assert "ResNet has no submodule 'layer9'" in fail('--data', digits, '--output', out, *SMALL,
+                                                      '--student-layer', 'layer9')
+    assert not out.exists()                                        # nothing was written, so nothing is left
+    out.mkdir()
+    (out / 'notes.txt').write_text('mine')                          # a folder the user made is never removed
+    fail('--data', digits, '--output', out, *SMALL, '--student-layer', 'layer9')
+    assert sorted(p.name for p in out.iterdir()) == ['.lock', 'notes.txt']
