@@ -18,10 +18,10 @@ import torch
 from .config import TrainConfig
 
 # %% auto #0
-__all__ = ['RUN_INDEPENDENT', 'temp_name', 'save_atomic', 'save_text', 'WriteError', 'writing', 'os_cause',
-           'free_space', 'remove_stale_temps', 'FolderBusy', 'hold_folder', 'drop_empty_folder', 'CheckpointError',
-           'read_checkpoint', 'rng_state', 'set_rng_state', 'flat_fields', 'field_changes', 'as_current',
-           'check_compatible']
+__all__ = ['RUN_INDEPENDENT', 'temp_name', 'save_atomic', 'save_text', 'WriteError', 'tensor_bytes', 'writing',
+           'os_cause', 'free_space', 'remove_stale_temps', 'FolderBusy', 'hold_folder', 'drop_empty_folder',
+           'CheckpointError', 'read_checkpoint', 'rng_state', 'set_rng_state', 'flat_fields', 'field_changes',
+           'as_current', 'check_compatible']
 
 # %% ../nbs/09_checkpoint.ipynb #cfa306d6
 def temp_name(path: Path) -> Path:
@@ -32,7 +32,7 @@ def save_atomic(obj, path: str | Path):
     "`torch.save` to a temporary file beside `path`, fsync, then rename over `path`; a failed write leaves no temp."
     path = Path(path)
     tmp = temp_name(path)
-    with writing(path, tmp):
+    with writing(path, tmp, tensor_bytes(obj)):
         with open(tmp, 'wb') as f:
             torch.save(obj, f)
             f.flush()
@@ -51,9 +51,17 @@ class WriteError(OSError):
     "A write the system refused (a full disk, a file too large), naming the file, the free space and what is kept."
     def __str__(self): return self.strerror
 
+def tensor_bytes(obj) -> int:
+    "The bytes of the tensors in `obj` (dicts, lists and tuples of them): about what `torch.save` writes."
+    if isinstance(obj, torch.Tensor): return obj.numel() * obj.element_size()
+    if isinstance(obj, dict): return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)): return sum(tensor_bytes(v) for v in obj)
+    return 0
+
 @contextmanager
-def writing(path: str | Path, tmp: str | Path | None = None):
-    "Around a write of `path` (through `tmp`): a refused write removes `tmp` and raises one `WriteError` naming `path`."
+def writing(path: str | Path, tmp: str | Path | None = None, need: int = 0):
+    """Around a write of `path` (through `tmp`, about `need` bytes): a refused write removes `tmp` and raises one
+    `WriteError` naming `path`, what it needed and the free space."""
     path = Path(path)
     try: yield
     except BaseException as err:
@@ -61,8 +69,9 @@ def writing(path: str | Path, tmp: str | Path | None = None):
         cause = os_cause(err)
         if cause is None or isinstance(err, WriteError): raise
         kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
-        raise WriteError(cause.errno, f"cannot write {path}: {cause.strerror} ({free_space(path)} free there); "
-                                      f"{kept}") from None
+        needed = f"about {need / 2**20:.0f} MiB to write, " if need >= 2**20 else ''
+        raise WriteError(cause.errno, f"cannot write {path}: {cause.strerror} ({needed}{free_space(path)} free "
+                                      f"there); {kept}") from None
 
 def os_cause(err: BaseException) -> OSError | None:
     "The operating-system error behind `err` (torch's writer reports a full disk as a RuntimeError on top of it)."
