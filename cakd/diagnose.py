@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import evaluating, fp32, unwrap
-from .distiller import Distiller, frozen_bn_stats
+from .distiller import Distiller
+from .head import frozen_bn_stats
 from .pca import pca_pairs
 
 # %% auto #0

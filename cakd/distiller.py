@@ -5,92 +5,25 @@
 # %% ../nbs/06_distiller.ipynb #2093dd7f
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from typing import Sequence
 
 import torch
 from fastcore.basics import patch
 from torch import nn
 
-from .core import align_grid, average_gradients, ema_of, evaluating, fp32, seeded, to_tokens, unwrap
-from .gl import GLProjector
+from .core import average_gradients, ema_of, evaluating, fp32, seeded, unwrap
+from .head import CAKDHead, StudentHead
 from .losses import ce_loss, feature_loss, logits_term, ofa_loss, total_loss
 from .presets import LOSS_TERMS, Preset, check_choice, get_preset
-from .ofa import OFABranches, stage_names
+from .ofa import stage_names
 from .mrt import MapDiscriminator, MultiViewGenerator, TokenDiscriminator, discriminator_loss, generator_loss
-from .pca import PCAProjector, attention_target, pca_loss
+from .pca import attention_target, pca_loss
 from .taps import FrozenTeacher, StudentTap, zeros_like_input
 
 # %% auto #0
-__all__ = ['NORM_LAYERS', 'AMP', 'CAKDHead', 'frozen_bn_stats', 'StudentHead', 'check_class_map', 'check_grid',
-           'build_head', 'build_adversary', 'Distiller', 'param_groups', 'check_finite', 'export_student']
-
-# %% ../nbs/06_distiller.ipynb #9d50c45e
-class CAKDHead(nn.Module):
-    "The projectors that map the student's features into the teacher's spaces."
-    def __init__(self, channels: int, pooled: int,  # student map channels, pooled-vector width
-                 heads: int, head_dim: int, dim: int, grid: tuple,  # teacher layout
-                 preset: Preset,
-                 seed: int | None = None,   # each projector's initial weights from its own stream (None: global)
-                 stages: dict | None = None, classes: int = 0):   # OFA: {stage: (channels, stride)}, the classes
-        super().__init__()
-        p, need_map = preset, preset.uses('adv') and preset.disc == 'map'
-        init = lambda name: nullcontext() if seed is None else seeded(seed, 'init', name)
-        self.pca = self.gl = self.cls = None
-        if p.uses('attn') or p.uses('vv') or need_map:
-            student_heads = heads if p.pca_mode == 'paper' else (p.pca_heads or max(1, channels // head_dim))
-            with init('pca'): self.pca = PCAProjector(channels, student_heads, head_dim, p.pca_mode)
-        if p.uses('feat') or (p.uses('adv') and p.disc == 'token'):
-            with init('gl'): self.gl = GLProjector(channels, dim, grid, p.gl_k, p.gl_dropout)
-        if p.uses('cls'):
-            with init('cls'): self.cls = nn.Linear(pooled, dim)
-        self.ofa = None
-        if p.uses('ofa'):
-            with init('ofa'): self.ofa = OFABranches(stages or {}, max(pooled, dim), classes)
-
-    def forward(self, feat: torch.Tensor, pooled: torch.Tensor | None = None, stages: dict | None = None) -> dict:
-        "Projections of an aligned student map `(B, C, h, w)` and pooled vector `(B, P)`; OFA's branch logits."
-        out = {}
-        if self.pca is not None: out['qkv'] = self.pca(feat)                 # 3 x (B, heads, N, d)
-        if self.gl is not None: out['gl'] = self.gl(to_tokens(feat))         # (B, N, D)
-        if self.cls is not None and pooled is not None: out['cls'] = self.cls(pooled)  # (B, D)
-        if self.ofa is not None and stages: out['ofa'] = self.ofa(stages)    # a tuple of (B, classes)
-        return out
-
-# %% ../nbs/06_distiller.ipynb #47d9e211
-@contextmanager
-def frozen_bn_stats(model: nn.Module):
-    "BatchNorm layers of `model` normalise with batch statistics inside the block but keep their running statistics."
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in bns]
-    try:
-        for m in bns: m.momentum = 0.0                       # running = (1 - 0)·running + 0·batch
-        yield model
-    finally:
-        for m, (momentum, n) in zip(bns, saved): m.momentum = momentum; m.num_batches_tracked.copy_(n)
-
-# %% ../nbs/06_distiller.ipynb #a0a9b71b
-class StudentHead(nn.Module):
-    "The student and its projector head: what the optimiser updates, DDP wraps and `compile` compiles."
-    def __init__(self, student: nn.Module, head: CAKDHead, tap: StudentTap,
-                 grid: tuple | None = None,      # the teacher's token grid; None: no teacher
-                 resample: str = 'bilinear'):    # how the student map reaches `grid` ('none': it must match)
-        super().__init__()
-        self.student, self.head = student, head
-        self.tap, self.grid, self.resample = tap, grid, resample   # the tap is hooks, not a module
-
-    def align(self, feat: torch.Tensor) -> torch.Tensor:
-        "The student map `(B, C, h, w)` on the teacher's grid `(B, C, h_T, w_T)`."
-        return feat if self.resample == 'none' else align_grid(feat, self.grid, self.resample)
-
-    def forward(self, x: torch.Tensor, view: torch.Tensor | None = None, project: bool = True) -> tuple:
-        "Student features of `x`, their projections, and the projections of `view` (no cls); None where not asked."
-        s = self.tap(x)
-        if not project: return s, None, None
-        proj = self.head(self.align(s.feat), s.pooled, s.stages)
-        if view is None: return s, proj, None
-        with frozen_bn_stats(self.student): view_map = self.tap.map(view)    # stops at the tapped stage
-        return s, proj, self.head(self.align(view_map))
+__all__ = ['NORM_LAYERS', 'AMP', 'check_class_map', 'check_grid', 'build_head', 'build_adversary', 'Distiller',
+           'param_groups', 'check_finite', 'export_student']
 
 # %% ../nbs/06_distiller.ipynb #8a9c53a9
 def check_class_map(class_map, student_classes: int, teacher_classes: int, preset: Preset) -> torch.Tensor | None:
