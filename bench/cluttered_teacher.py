@@ -32,6 +32,13 @@ def parse(argv=None):
     add('--canvas', type=int, default=32, help='image side in pixels')
     add('--scale', type=int, default=1, help="the digit's scale (8 * scale px)")
     add('--clutter', type=int, default=4, help='fragments of other digits per image')
+    teacher_args(p)
+    return p.parse_args(argv)
+
+
+def teacher_args(p: argparse.ArgumentParser):
+    "The teacher's architecture and training options, shared with `twin_teacher.py`."
+    add = p.add_argument
     add('--model', default='vit_tiny_patch16_224', help='timm ViT architecture (its sizes from the options below)')
     add('--patch', type=int, default=4, help='patch size')
     add('--dim', type=int, default=96, help='embedding width')
@@ -45,7 +52,6 @@ def parse(argv=None):
     add('--val', type=int, default=500, help='validation images (a fixed draw, seed 123)')
     add('--every', type=int, default=500, help='steps between evaluations')
     add('--figure', default=None, help="PNG of the best block's maps over 16 validation images")
-    return p.parse_args(argv)
 
 
 def build(a) -> torch.nn.Module:
@@ -83,11 +89,10 @@ def evaluate(model, val: dict) -> dict:
                 ink_ratio=round(gates[0]['ink_ratio'], 2), best_block=best, passes=gates[best]['passes'])
 
 
-def train(a, model, val: dict, say=print) -> dict:
-    "Train for `a.steps`, evaluating every `a.every` steps and at the end; returns the last evaluation."
+def train(a, model, data, check, say=print) -> dict:
+    """Train for `a.steps` on `data` (a fresh draw of `a.batch` samples every step through `data.set_epoch`), printing
+    `check(model)` every `a.every` steps and at the end; returns the last record."""
     torch.manual_seed(a.seed)
-    shape = dict(canvas=a.canvas, scale=a.scale, clutter=a.clutter)
-    data = ClutteredDigits('train', length=a.batch, seed=a.seed, **shape)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.05)
     t0, record = time.time(), {}
     for step in range(a.steps):
@@ -100,7 +105,7 @@ def train(a, model, val: dict, say=print) -> dict:
         opt.step()
         if (step + 1) % a.every == 0 or step + 1 == a.steps:
             record = dict(step=step + 1, seconds=round(time.time() - t0), loss=round(loss.item(), 3),
-                          **evaluate(model, val))
+                          **check(model))
             say(json.dumps(record))
     return record
 
@@ -122,7 +127,8 @@ def main(argv=None):
     print(f"{a.model}: {a.depth} blocks, width {a.dim}, {a.heads} heads, patch {a.patch} on a {a.canvas}-px canvas, "
           f"digit {8 * a.scale} px, {a.clutter} fragments; {a.steps} steps of {a.batch}; {torch.get_num_threads()} "
           "threads")
-    last = train(a, model, val)
+    data = ClutteredDigits('train', length=a.batch, seed=a.seed, canvas=a.canvas, scale=a.scale, clutter=a.clutter)
+    last = train(a, model, data, lambda m: evaluate(m, val))
     if a.figure: figure(model, val, last['best_block'], a.figure)
     verdict = 'passes' if last['passes'] else 'does not pass'
     print(f"gate: block {last['best_block']} ratio {max(last['ratio']):.2f} against ink {last['ink_ratio']:.2f} "

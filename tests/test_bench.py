@@ -75,3 +75,16 @@ def test_cluttered_teacher_gate_prints_each_evaluation_and_the_verdict(tmp_path)
     assert all(e['ink_ratio'] > 3 and 0 <= e['top1'] <= 100 for e in evals)   # the ink alone localises
     assert lines[-1].startswith('gate: block ') and ('does not pass' in lines[-1]) == (not evals[-1]['passes'])
     assert png.stat().st_size > 10_000
+
+
+def test_twin_teacher_gate_prints_each_evaluation_and_the_verdict(tmp_path):
+    png = tmp_path / 'twins.png'
+    lines = run('twin_teacher.py', '--mode', 'copy', '--steps', '4', '--every', '2', '--val', '24', '--batch', '8',
+                '--depth', '2', '--figure', str(png))
+    assert 'mode copy' in lines[0]
+    evals = [json.loads(l) for l in lines if l.startswith('{')]
+    assert [e['step'] for e in evals] == [2, 4] and all(len(e['twin_ratio']) == len(e['odd_ratio']) == 2 for e in evals)
+    assert all(0.5 < r < 2 for e in evals for r in e['twin_ratio'])         # 4 steps: no relation yet (1: none)
+    assert all(h >= t for e in evals for h, t in zip(e['best_head'], e['twin_ratio']))   # the best head >= the mean
+    assert lines[-1].startswith('gate: block ') and ('does not pass' in lines[-1]) == (not evals[-1]['passes'])
+    assert png.stat().st_size > 10_000
