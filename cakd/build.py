@@ -270,7 +270,8 @@ def step_options(cfg: TrainConfig, world: int, rank: int = 0) -> dict:
     if cfg.model_ema:                                          # decay per update, for the global batch and interval
         ema = 1 - min(1.0, (1 - cfg.model_ema_decay) * world * cfg.batch_size * cfg.model_ema_steps / cfg.epochs)
     return dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, opt=cfg.opt,
-                norm_weight_decay=cfg.norm_weight_decay, d_lr_factor=cfg.d_lr_factor, amp=cfg.amp,
+                norm_weight_decay=cfg.norm_weight_decay, d_lr_factor=cfg.d_lr_factor,
+                head_lr_factor=cfg.head_lr_factor, amp=cfg.amp,
                 clip_grad_norm=cfg.clip_grad_norm, ema_decay=ema, ema_every=cfg.model_ema_steps,
                 ema_restart_until=cfg.lr_warmup_epochs,            # the official recipe restarts it while warming up
                 seed=cfg.seed, rank=rank)                          # a step's random streams

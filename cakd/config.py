@@ -166,6 +166,7 @@ class OptimOptions:
     lr_warmup_decay: float = _opt(0.01, 'learning-rate factor at the start of the warm-up')
     lr_warmup_per_step: bool = _opt(False, 'warm up step by step (the ViT fine-tune) instead of epoch by epoch')
     d_lr_factor: float = _opt(0.01, 'discriminator learning rate as a fraction of --lr (the official 0.01)')
+    head_lr_factor: float = _opt(1.0, "the projectors' learning rate as a multiple of --lr (the official 1)")
     clip_grad_norm: float | None = _opt(None, 'clip the student gradient norm (default: off)')
     model_ema: bool = _opt(True, 'keep an exponential moving average of the student')
     model_ema_steps: int = _opt(32, 'iterations between EMA updates')
@@ -236,6 +237,9 @@ def check_config(cfg) -> None:
     for name in ('eval_every', 'save_every', 'epochs', 'batch_size'):
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    for name in ('d_lr_factor', 'head_lr_factor'):
+        if not getattr(cfg, name) > 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be above 0, got {getattr(cfg, name)}")
     ramp, distils = cfg.preset.ramp, any(cfg.preset.uses(t) for t in cfg.preset.weights if t != 'ce')
     if cfg.unlabeled and cfg.preset.uses('kd') and cfg.preset.kd in ('dkd', 'ofa'):
         raise ValueError(f"--unlabeled {cfg.unlabeled}: {cfg.preset.kd.upper()} (--method {cfg.method}) needs the "

@@ -224,9 +224,13 @@ def param_groups(modules: list, weight_decay: float, norm_weight_decay: float | 
 
 @patch
 def optimisers(self: Distiller, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
-               norm_weight_decay: float | None = None, d_lr_factor: float = 0.01, kind: str = 'sgd') -> tuple:
-    "The student optimiser (student + projectors; `kind` sgd or adamw) and the discriminator's SGD, or None."
-    groups = param_groups([self.model], weight_decay, norm_weight_decay)
+               norm_weight_decay: float | None = None, d_lr_factor: float = 0.01, kind: str = 'sgd',
+               head_lr_factor: float = 1.0) -> tuple:
+    """The student optimiser (student, and projectors at `head_lr_factor` times `lr`; `kind` sgd or adamw) and the
+    discriminator's SGD, or None."""
+    head = param_groups([self.head], weight_decay, norm_weight_decay)
+    groups = param_groups([self.student], weight_decay, norm_weight_decay)
+    groups += [{**g, 'lr': lr * head_lr_factor} for g in head]
     opt = torch.optim.SGD(groups, lr=lr, momentum=momentum) if kind == 'sgd' else torch.optim.AdamW(groups, lr=lr)
     if self.disc is None: return opt, None
     d_opt = torch.optim.SGD(self.disc.parameters(), lr=lr * d_lr_factor, momentum=momentum, weight_decay=weight_decay)
@@ -283,6 +287,7 @@ AMP = ('none', 'bf16', 'fp16')
 def setup(self: Distiller, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
           norm_weight_decay: float | None = None, opt: str = 'sgd',
           d_lr_factor: float = 0.01,             # the discriminator's learning rate as a fraction of `lr`
+          head_lr_factor: float = 1.0,           # the projectors' learning rate as a multiple of `lr`
           amp: str = 'none',                     # autocast of the forward passes: none, bf16, fp16 (with a scaler)
           clip_grad_norm: float | None = None,   # clip the gradient norm of the student and projectors
           ema_decay: float | None = None,        # keep an EMA of the student with this decay per update
@@ -291,7 +296,8 @@ def setup(self: Distiller, lr: float, momentum: float = 0.9, weight_decay: float
           seed: int | None = None,               # draw views, swap masks and dropout of each step from streams
           rank: int = 0) -> Distiller:           #   seeded by (seed, purpose, rank, step); None: the global one
     "Build what `step` changes: optimisers, gradient scaler, clipping and the student's EMA (after `.to(device)`)."
-    self.opt, self.d_opt = self.optimisers(lr, momentum, weight_decay, norm_weight_decay, d_lr_factor, opt)
+    self.opt, self.d_opt = self.optimisers(lr, momentum, weight_decay, norm_weight_decay, d_lr_factor, opt,
+                                           head_lr_factor)
     self.amp, self.clip_grad_norm = check_choice(amp, AMP, 'amp'), clip_grad_norm
     device = next(self.model.parameters()).device
     self.scaler = torch.amp.GradScaler(device.type) if amp == 'fp16' else None
