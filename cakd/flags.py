@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import json
 import re
 import shutil
@@ -17,7 +16,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from .config import CHOICES, DATASET_RECIPES, GROUPS, METHODS, TrainConfig, method_preset
-from .presets import ALIASES, Preset, Ramp, check_known, merge_changes, preset_for_run
+from .presets import ALIASES, Preset, Ramp, check_known, close_matches, merge_changes, preset_for_run
 
 # %% auto #0
 __all__ = ['EXAMPLES', 'HIDDEN', 'converter', 'add_preset_flags', 'preset_changes', 'help_width', 'recipe_table',
@@ -188,7 +187,7 @@ class Parser(argparse.ArgumentParser):
         for f in flags:
             if f == '--preset': hints.append(f"--preset is not an option: --method chooses the preset "
                                              f"({', '.join(METHODS)}), --preset.FIELD VALUE changes one of its fields")
-            elif near := difflib.get_close_matches(f, known, 3):       # a few: --lr-warmup has three endings
+            elif near := close_matches(f, known, 3):                   # a few: --lr-warmup has three endings
                 hints.append(f"{f}: did you mean {' or '.join(near)}?")
         return message + (f" ({'; '.join(hints)})" if hints else '')
 

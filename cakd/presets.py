@@ -11,17 +11,26 @@ from dataclasses import dataclass, field, fields
 from typing import Iterable
 
 # %% auto #0
-__all__ = ['KD_KINDS', 'ATTENTION_TARGETS', 'PCA_MODES', 'DISCRIMINATORS', 'RESAMPLING', 'LOSS_TERMS', 'PRESETS',
-           'ALIASES', 'DATASETS', 'DATASET_PRESETS', 'nearest', 'did_you_mean', 'check_choice', 'check_known', 'Ramp',
-           'Preset', 'get_preset', 'merge_changes', 'preset_for_run']
+__all__ = ['CLOSE', 'KD_KINDS', 'ATTENTION_TARGETS', 'PCA_MODES', 'DISCRIMINATORS', 'RESAMPLING', 'LOSS_TERMS',
+           'PRESETS', 'ALIASES', 'DATASETS', 'DATASET_PRESETS', 'close_matches', 'nearest', 'did_you_mean',
+           'check_choice', 'check_known', 'Ramp', 'Preset', 'get_preset', 'merge_changes', 'preset_for_run']
 
 # %% ../nbs/05a_presets.ipynb #558a508b
+CLOSE = 0.75     # difflib's similarity a suggestion needs: 'kd2' -> 'kd' (0.8), not 'fitnet' -> 'finetune' (0.71)
+
+def close_matches(name: str, valid: Iterable[str], n: int = 1) -> list:
+    "Up to `n` valid names that `name` begins (`--lr-warmup`: its endings), then those at least `CLOSE` alike."
+    valid = list(valid)
+    starts = [v for v in valid if len(name) >= 3 and v.startswith(name)]
+    alike = difflib.get_close_matches(name, valid, n, CLOSE)
+    return list(dict.fromkeys(starts + alike))[:n]
+
 def nearest(name: str, valid: Iterable[str]) -> str | None:
     "The valid name closest to `name` (ignoring case, dashes and underscores), or None if none is close."
     key = lambda s: str(s).lower().replace('-', '_')
     valid = [v for v in valid if v is not None]
     by_key = {key(v): v for v in valid}
-    near = difflib.get_close_matches(key(name), list(by_key), 1)
+    near = close_matches(key(name), list(by_key))
     return by_key[near[0]] if near else None
 
 def did_you_mean(name: str, valid: Iterable[str]) -> str:

@@ -73,7 +73,7 @@ def parse_error(capsys, *argv) -> str:
 
 
 def test_misspelt_flags_name_the_nearest(capsys):
-    assert 'unrecognized arguments: --epoch 3 (--epoch: did you mean --epochs' in parse_error(capsys, '--epoch', '3')
+    assert 'unrecognized arguments: --epoch 3 (--epoch: did you mean --epochs?)' in parse_error(capsys, '--epoch', '3')
     err = parse_error(capsys, '--lr-warmup', '0')
     assert 'did you mean --lr-warmup-' in err and '--lr-warmup-epochs' in err and ' or ' in err
     err = parse_error(capsys, '--preset', 'official')
@@ -88,3 +88,10 @@ def test_methods_and_preset_flags_take_any_spelling():
     assert (cfg.preset.swap_p, cfg.preset.weights['adv'], cfg.preset.ramp.w_max) == (0.25, 0.5, 0.4)
     with pytest.raises(ValueError, match=r"unknown method 'cakd_oficial' \(did you mean cakd_official\?\).*, cakd$"):
         parse_config(['--method', 'cakd_oficial'])
+
+
+def test_only_close_names_are_suggested(capsys):
+    with pytest.raises(ValueError) as err:
+        parse_config(['--method', 'fitnet'])
+    assert 'did you mean' not in str(err.value) and 'valid values are: baseline' in str(err.value)
+    assert '--teacher' not in parse_error(capsys, '--epoch', '3')

@@ -313,8 +313,7 @@ def test_impossible_device_and_unknown_weights(digits, tmp_path, fail):
     if torch.cuda.is_available(): pytest.skip('this machine has CUDA')
     assert 'CUDA is not available here' in fail('--data', str(digits), *SMALL, '--device', 'cuda')
     err = fail('--data', str(digits), '--teacher', 'vit_b_16', '--teacher-weights', 'IMAGENET_NOPE', '--device', 'cpu')
-    assert "unknown vit_b_16 weights 'IMAGENET_NOPE' (did you mean IMAGENET1K_V1?); valid values are: IMAGENET1K_V1" \
-        in err
+    assert "unknown vit_b_16 weights 'IMAGENET_NOPE'; valid values are: IMAGENET1K_V1" in err
     err = fail('--data', str(digits), *SMALL, '--model', 'resnet5O', '--output', str(tmp_path / 'm'))
     assert '--model resnet5O: not a torchvision classification model (did you mean resnet50?)' in err
 
