@@ -20,8 +20,8 @@ from .presets import ALIASES, Preset, Ramp, check_known, close_matches, merge_ch
 
 # %% auto #0
 __all__ = ['EXAMPLES', 'HIDDEN', 'converter', 'add_preset_flags', 'preset_changes', 'help_width', 'recipe_table',
-           'method_table', 'kd_settings', 'HelpFormatter', 'Parser', 'shown_default', 'build_parser', 'read_yaml',
-           'preset_flag', 'parse_config', 'to_argv']
+           'method_table', 'kd_settings', 'HelpFormatter', 'Parser', 'shown_default', 'build_parser', 'load_yaml',
+           'read_yaml', 'preset_flag', 'parse_config', 'to_argv']
 
 # %% ../nbs/08b_flags.ipynb #b5ef8903
 def _bool(s: str) -> bool:
@@ -221,12 +221,21 @@ def build_parser(defaults: TrainConfig | None = None) -> argparse.ArgumentParser
     return p
 
 # %% ../nbs/08b_flags.ipynb #546a85bb
+def load_yaml(path: Path):
+    "The YAML document in `path`; a syntax error is one line naming the file, line and column (from 1)."
+    import yaml
+    try: return yaml.safe_load(path.read_text())
+    except UnicodeDecodeError: raise ValueError(f"{path}: not a text file; --config takes a YAML file") from None
+    except yaml.YAMLError as e:
+        mark, problem = getattr(e, 'problem_mark', None), getattr(e, 'problem', None) or str(e).splitlines()[0]
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ''
+        raise ValueError(f"{path}{where}: not valid YAML: {problem}") from None
+
 def read_yaml(path: str | Path) -> dict:
     "Options from a YAML file: dashes or underscores, unknown names with a suggestion, wrong types named with the key."
-    import yaml
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"--config {path}: no such file")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = load_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a mapping of option: value, got {type(raw).__name__}")
     opts = {k.replace('-', '_'): v for k, v in raw.items()}

@@ -95,3 +95,13 @@ def test_only_close_names_are_suggested(capsys):
         parse_config(['--method', 'fitnet'])
     assert 'did you mean' not in str(err.value) and 'valid values are: baseline' in str(err.value)
     assert '--teacher' not in parse_error(capsys, '--epoch', '3')
+
+
+def test_a_yaml_syntax_error_is_one_line_naming_file_line_and_column(tmp_path):
+    bad = tmp_path / 'run.yaml'
+    bad.write_text('method: logits\n  epochs: 7\n')
+    r = subprocess.run([Path(sys.executable).parent / 'cakd-train', '--config', str(bad)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode != 0 and r.stdout == ''
+    assert r.stderr.strip().splitlines() == [f'cakd-train: error: {bad}:2:9: not valid YAML: mapping values are not '
+                                             'allowed here']
