@@ -12,8 +12,8 @@ import torch
 
 # %% auto #0
 __all__ = ['SPLITS', 'digit_pools', 'cluttered_sample', 'ClutteredDigits', 'cluttered_digits', 'box_cover',
-           'mass_in_box', 'box_share', 'localisation', 'ink_map', 'localisation_gate', 'teacher_map', 'write_cluttered',
-           'show_cluttered']
+           'mass_in_box', 'box_share', 'localisation', 'ink_map', 'localisation_gate', 'teacher_map', 'write_split',
+           'write_cluttered', 'show_cluttered']
 
 # %% ../nbs/07b_cluttered.ipynb #736a9a96
 SPLITS = ('train', 'val')
@@ -148,20 +148,26 @@ def teacher_map(f) -> torch.Tensor:
     return attn.mean(1).reshape(-1, *f.grid)                               # (B, h, w)
 
 # %% ../nbs/07b_cluttered.ipynb #11882abc
-def write_cluttered(root, n_train: int, n_val: int, seed: int = 0, **shape):
-    "Write `n_train` and `n_val` cluttered digits as a PNG ImageFolder under `root`, boxes in `<split>/boxes.json`."
+def write_split(folder, images: torch.Tensor, labels: torch.Tensor, key: str, values: torch.Tensor):
+    "Images (N, 1, H, W) in [0, 1] as lossless PNGs `folder/<label>/<i>.png`, each one's `values[i]` in `<key>.json`."
     import json
     from pathlib import Path
     from PIL import Image
+    folder, meta = Path(folder), {}
+    for i, (img, label, value) in enumerate(zip(images[:, 0], labels, values)):
+        name = f"{int(label)}/{i:05d}.png"
+        (folder / str(int(label))).mkdir(parents=True, exist_ok=True)
+        Image.fromarray((img.numpy() * 255).round().astype(np.uint8)).convert('RGB').save(folder / name)
+        meta[name] = value.tolist()
+    (folder / f'{key}.json').write_text(json.dumps(meta))
+
+def write_cluttered(root, n_train: int, n_val: int, seed: int = 0, **shape):
+    "Write `n_train` and `n_val` cluttered digits as a PNG ImageFolder under `root`, boxes in `<split>/boxes.json`."
+    from pathlib import Path
     root = Path(root)
     for split, n in (('train', n_train), ('val', n_val)):
-        d, boxes = cluttered_digits(n, split, seed, **shape), {}
-        for i, (img, label, box) in enumerate(zip(d['images'][:, 0], d['labels'], d['boxes'])):
-            name = f"{int(label)}/{i:05d}.png"
-            (root / split / str(int(label))).mkdir(parents=True, exist_ok=True)
-            Image.fromarray((img.numpy() * 255).round().astype(np.uint8)).convert('RGB').save(root / split / name)
-            boxes[name] = box.tolist()
-        (root / split / 'boxes.json').write_text(json.dumps(boxes))
+        d = cluttered_digits(n, split, seed, **shape)
+        write_split(root / split, d['images'], d['labels'], 'boxes', d['boxes'])
     return root
 
 # %% ../nbs/07b_cluttered.ipynb #56d43d34

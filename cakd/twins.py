@@ -8,11 +8,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .cluttered import SPLITS, _digits, _paste, digit_pools
+from .cluttered import SPLITS, _digits, _paste, digit_pools, write_split
 
 # %% auto #0
 __all__ = ['MODES', 'twin_sample', 'TwinDigits', 'twin_digits', 'cell_masks', 'patch_attention', 'twin_attention',
-           'twin_gate', 'show_twins']
+           'twin_gate', 'write_twins', 'read_cells', 'show_twins']
 
 # %% ../nbs/07c_twins.ipynb #80e16886
 MODES = ('class', 'copy')
@@ -117,6 +117,24 @@ def twin_gate(attn: torch.Tensor, cells: torch.Tensor, layout: int, token_grid: 
     "`twin_attention` and whether it passes: a twin ratio of at least `factor`, above the odd digits' ratio."
     r = twin_attention(attn, cells, layout, token_grid)
     return dict(r, passes=r['twin_ratio'] >= factor and r['twin_ratio'] > r['odd_ratio'])
+
+# %% ../nbs/07c_twins.ipynb #8497be82
+def write_twins(root, n_train: int, n_val: int, seed: int = 0, **shape):
+    "Write `n_train` and `n_val` twin-digit images as a PNG ImageFolder under `root`, cells in `<split>/cells.json`."
+    from pathlib import Path
+    root = Path(root)
+    for split, n in (('train', n_train), ('val', n_val)):
+        d = twin_digits(n, split, seed, **shape)
+        write_split(root / split, d['images'], d['labels'], 'cells', d['cells'])
+    return root
+
+def read_cells(folder) -> torch.Tensor:
+    "The cells (N, D, 2) of the images of an ImageFolder split written by `write_twins`, in ImageFolder order."
+    import json
+    from pathlib import Path
+    meta = json.loads((Path(folder) / 'cells.json').read_text())
+    names = sorted(meta, key=lambda n: (n.split('/')[0], n))          # ImageFolder: classes sorted, then files
+    return torch.tensor([meta[n] for n in names])
 
 # %% ../nbs/07c_twins.ipynb #7a3f3369
 def show_twins(images: torch.Tensor, labels: torch.Tensor, cells: torch.Tensor, layout: int,
