@@ -365,6 +365,11 @@ def update_ema(self: Distiller, progress: float):
     self.ema.update_parameters(self.student)
     if progress < self.ema_restart_until: self.ema.n_averaged.fill_(0)
 
+@patch(as_prop=True)
+def ema_updated(self: Distiller) -> bool:
+    "Whether there is an EMA that has folded the student in at least once (before that it is the initial student)."
+    return self.ema is not None and self.steps >= self.ema_every
+
 # %% ../nbs/06_distiller.ipynb #f51dd858
 @patch
 def training_state(self: Distiller) -> dict:

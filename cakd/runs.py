@@ -18,8 +18,8 @@ from .datasets import open_dataset
 from .distiller import Distiller
 
 # %% auto #0
-__all__ = ['WEIGHTS', 'RunFolderError', 'run_file', 'read_records', 'recorded_teacher', 'run_config', 'load_run',
-           'run_student']
+__all__ = ['WEIGHTS', 'EMA_MISSING', 'RunFolderError', 'run_file', 'read_records', 'recorded_teacher', 'run_config',
+           'load_run', 'run_student']
 
 # %% ../nbs/11a_runs.ipynb #e82c22a3
 class RunFolderError(FileNotFoundError):
@@ -78,6 +78,8 @@ def load_run(run: str | Path, checkpoint: str | Path | None = 'checkpoint.pt', *
 
 # %% ../nbs/11a_runs.ipynb #2156d10f
 WEIGHTS = {'last': None, 'best': 'student_best.pt', 'ema': 'student_ema_last.pt'}
+EMA_MISSING = ("it ran without --model-ema, or its EMA never updated: --model-ema-steps was more than the steps "
+               "it trained, so the EMA was still the initial student")
 
 def _architecture(cfg: TrainConfig, num_classes: int) -> tuple:
     "The run's deployable model with random weights, its input size `(H, W)` and normalisation; nothing downloaded."
@@ -96,6 +98,6 @@ def run_student(run: str | Path, weights: str = 'last') -> tuple:
     path = run / 'checkpoint.pt' if WEIGHTS[which] is None else run / WEIGHTS[which]
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: the run kept no {which} weights "
-                                f"({'it ran without --model-ema' if which == 'ema' else 'it never evaluated'})")
+                                f"({EMA_MISSING if which == 'ema' else 'it never evaluated'})")
     model.load_state_dict(load_state_dict(path))        # a checkpoint's student, or a plain state dict
     return model.eval(), (ck['classes'], tuple(size), norm)

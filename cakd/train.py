@@ -356,6 +356,7 @@ def epoch_line(record: dict, epochs: int, images: int) -> str:
         words.append(f"val top-1 {r['val_top1']:.1f}" + ''.join(f" (standard resize {k}: {v:.1f})" for k, v in second))
     if 'val_agree' in r: words.append(f"agreement {r['val_agree']:.1f}")
     if 'ema_top1' in r: words.append(f"EMA top-1 {r['ema_top1']:.1f}")
+    elif r.get('ema_updates') == 0: words.append("EMA not updated yet (--model-ema-steps > the steps so far)")
     tail = f"; {images} images" + (f", {r['skipped_images']} skipped" if r.get('skipped_images') else '')
     return f"epoch {r['epoch'] + 1}/{epochs}: " + ', '.join(words) + tail
 
@@ -363,8 +364,9 @@ def epoch_line(record: dict, epochs: int, images: int) -> str:
 def evaluate_and_keep_best(self: Trainer) -> dict:
     "The student's (and EMA's) metrics; the better of the two at the first resize is kept if it is the best yet."
     d = self.distiller
-    models = {'val': d.student, **({'ema': d.ema.module} if d.ema is not None else {})}
+    models = {'val': d.student, **({'ema': d.ema.module} if d.ema_updated else {})}   # not the initial student
     record = self.evaluate.all(models)
+    if d.ema is not None: record['ema_updates'] = d.steps // d.ema_every
     if self.cfg.diagnostics > 0 and d.distils and self.env.main: record.update(self.diagnose())
     top1, best = max(((record[f'{n}_top1'], m) for n, m in models.items()), key=lambda t: t[0])
     if self.env.main and top1 > self.best: save_atomic(dict(best.state_dict()), self.out / 'student_best.pt')
@@ -388,7 +390,7 @@ def save_students(self: Trainer):
     d = self.distiller
     if self.env.main:
         save_atomic(export_student(d), self.out / 'student_last.pt')
-        if d.ema is not None: save_atomic(dict(d.ema.module.state_dict()), self.out / 'student_ema_last.pt')
+        if d.ema_updated: save_atomic(dict(d.ema.module.state_dict()), self.out / 'student_ema_last.pt')
         if get_method(self.cfg.method).finetunes:            # the fine-tuned teacher, with what it is
             save_atomic(teacher_file(d.student, self.cfg, self.classes), self.out / 'teacher.pt')
     self.save()

@@ -653,3 +653,16 @@ def test_a_run_refused_while_it_builds_leaves_no_folder(digits, tmp_path, fail):
     (out / 'notes.txt').write_text('mine')                          # a folder the user made is never removed
     fail('--data', digits, '--output', out, *SMALL, '--student-layer', 'layer9')
     assert sorted(p.name for p in out.iterdir()) == ['.lock', 'notes.txt']
+
+
+def test_an_ema_that_never_updated_is_neither_reported_nor_kept(digits, tmp_path, main_in_process, capsys):
+    out = tmp_path / 'ema'
+    code, stdout, err = main_in_process(*run_args(digits, out, '--model-ema-steps', '32'))   # 8 steps: no update
+    assert code == 0, err[-2000:]
+    assert 'EMA not updated yet (--model-ema-steps > the steps so far)' in stdout and 'EMA top-1' not in stdout
+    last = records(out)[-1]
+    assert last['ema_updates'] == 0 and 'ema_top1' not in last
+    assert not (out / 'student_ema_last.pt').exists()
+    from cakd.export import cli as export
+    assert export([str(out), '--weights', 'ema']) == 1
+    assert 'its EMA never updated' in capsys.readouterr().err
