@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from .pca import qk_logits
 
 # %% auto #0
-__all__ = ['ABLATION_COLOURS', 'ABLATION_MEANING', 'sign', 'LABELS', 'PUBLISHED', 'PUBLISHED_CIFAR100', 'count',
-           'titled', 'accuracy_plot', 'method_table', 'gain_plot', 'ablation_plot', 'curves_plot', 'term_strength',
-           'cls_attention', 'keep_mass', 'token_attention', 'attention_figure', 'attention_maps', 'attention_agreement',
-           'load_photo', 'read_results', 'summarise', 'results_plot']
+__all__ = ['ABLATION_COLOURS', 'ABLATION_MEANING', 'sign', 'LABELS', 'PUBLISHED', 'PUBLISHED_CIFAR100',
+           'RESULT_COLUMNS', 'count', 'titled', 'accuracy_plot', 'method_table', 'gain_plot', 'ablation_plot',
+           'curves_plot', 'term_strength', 'cls_attention', 'keep_mass', 'token_attention', 'attention_figure',
+           'attention_maps', 'attention_agreement', 'load_photo', 'read_results', 'summarise', 'results_plot']
 
 # %% ../nbs/12_viz.ipynb #f15500ad
 def count(n: int, noun: str) -> str:
@@ -273,25 +273,55 @@ PUBLISHED_CIFAR100 = [                                  # METHOD.md §8 D: OFA-K
     dict(source='OFA-KD', dataset='CIFAR-100', model='ViT-S (92.04) -> MobileNetV2', method='ofa', top1=78.45),
 ]
 
+RESULT_COLUMNS = ['run', 'dataset', 'method', 'seed', 'top1', 'git_sha']
+
+def _run_name(path: Path, folder: Path) -> str:
+    return str(path.relative_to(folder)) if path != folder else '.'
+
+def _dataset_name(dataset: str | None, data: str | None) -> str:
+    "A data set's name for a table: CIFAR by name, an ImageFolder by its folder's name, the digits when neither."
+    if dataset and dataset != 'imagefolder': return dataset
+    return Path(data).name if data else 'digits (scikit-learn)'
+
+def _experiment_rows(path: Path, folder: Path) -> list:
+    "The rows of one experiment's `results.json`: its teacher and every method and seed; none without accuracies."
+    try: res = json.loads(path.read_text())
+    except json.JSONDecodeError as e: raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if 'methods' not in res: return []                            # e.g. attention_maps results: no accuracies
+    p = res.get('params', {})
+    common = dict(run=_run_name(path.parent, folder), dataset=_dataset_name(p.get('dataset'), p.get('data')),
+                  git_sha=(res.get('git_sha') or '')[:7])
+    rows = [dict(common, method='teacher', seed=0, top1=res['teacher']['top1'])
+            if res.get('teacher', {}).get('top1') is not None else None]
+    seeds = p.get('seeds') or [0]
+    for m, v in res['methods'].items():
+        seed = lambda i: seeds[i] if i < len(seeds) else i
+        rows += [dict(common, method=m, seed=seed(i), top1=a) for i, a in enumerate(v['top1'])]
+    return [r for r in rows if r is not None]
+
+def _run_row(run: Path, folder: Path) -> dict | None:
+    "The row of one `cakd-train` run folder: its method, seed and last evaluated top-1 (None if it never evaluated)."
+    cfg = json.loads((run / 'config.json').read_text())
+    log = run / 'log.jsonl'
+    evaluated = [r for r in map(json.loads, log.read_text().splitlines()) if 'val_top1' in r] if log.is_file() else []
+    if not evaluated: return None
+    return dict(run=_run_name(run, folder), dataset=_dataset_name(cfg.get('dataset'), cfg.get('data')),
+                method=cfg.get('method'), seed=cfg.get('seed', 0), top1=evaluated[-1]['val_top1'], git_sha='')
+
 def read_results(folder) -> 'pd.DataFrame':
-    "One row per (results.json, method, seed) under `folder`: run, dataset, method, seed, top1 (teachers: 'teacher')."
+    """One row per (results.json, method, seed) under `folder`, and one per `cakd-train` run folder that no
+    experiment's results.json above it covers: run, dataset, method, seed, top1 (teachers: 'teacher')."""
     import pandas as pd
-    rows = []
-    for path in sorted(Path(folder).rglob('results.json')):
-        try: res = json.loads(path.read_text())
-        except json.JSONDecodeError as e: raise ValueError(f"{path} is not valid JSON: {e}") from None
-        if 'methods' not in res: continue                         # e.g. attention_maps results: no accuracies
-        p = res.get('params', {})
-        run = str(path.parent.relative_to(folder)) if path.parent != Path(folder) else '.'
-        dataset = p.get('data') or 'digits (scikit-learn)'
-        common = dict(run=run, dataset=dataset, git_sha=(res.get('git_sha') or '')[:7])
-        if res.get('teacher', {}).get('top1') is not None:
-            rows.append(dict(common, method='teacher', seed=0, top1=res['teacher']['top1']))
-        seeds = p.get('seeds') or [0]
-        for m, v in res['methods'].items():
-            for i, a in enumerate(v['top1']):
-                rows.append(dict(common, method=m, seed=seeds[i] if i < len(seeds) else i, top1=a))
-    return pd.DataFrame(rows, columns=['run', 'dataset', 'method', 'seed', 'top1', 'git_sha'])
+    folder = Path(folder)
+    experiments = sorted(folder.rglob('results.json'))
+    rows = [r for path in experiments for r in _experiment_rows(path, folder)]
+    covered = {p.parent for p in experiments}
+    for config in sorted(folder.rglob('config.json')):
+        run = config.parent
+        if covered & {run, *run.parents}: continue                # a study's own runs are in its results.json
+        row = _run_row(run, folder)
+        if row is not None: rows.append(row)
+    return pd.DataFrame(rows, columns=RESULT_COLUMNS)
 
 def summarise(df) -> 'pd.DataFrame':
     "Mean, standard deviation (over seeds) and count of top-1 per run and method."

@@ -282,3 +282,17 @@ def test_bad_parameters_fail_before_any_work(name, tmp_path):
                 'results': "show_published = 'maybe': expected True or False, like its default True"}[name]
     assert 'outptu is not a parameter of this notebook (did you mean output?)' in err.value.evalue
     assert expected in err.value.evalue and not out.exists()
+
+
+def test_results_notebook_reads_plain_cakd_train_runs(tmp_path):
+    "A runs/ folder that holds only cakd-train runs (no experiment's results.json) is read, not a traceback."
+    run = tmp_path / 'runs' / 'my_run'
+    run.mkdir(parents=True)
+    (run / 'config.json').write_text(json.dumps({'method': 'kd', 'seed': 2, 'dataset': 'cifar100', 'data': '/x/cifar'}))
+    (run / 'log.jsonl').write_text('{"event": "epoch", "val_top1": 51.25}\n')
+    out = tmp_path / 'summary'
+    out.mkdir()
+    pm.execute_notebook(str(ROOT / 'nbs/experiments/results.ipynb'), str(out / 'results.ipynb'), cwd=str(ROOT),
+                        parameters=dict(folder=str(tmp_path / 'runs'), output=str(out)), progress_bar=False)
+    (row,) = json.loads((out / 'results-summary.json').read_text())['summary']
+    assert (row['run'], row['dataset'], row['method'], row['mean'], row['n']) == ('my_run', 'cifar100', 'kd', 51.25, 1)
