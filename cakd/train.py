@@ -33,8 +33,8 @@ from .runlog import RunLog
 from .runs import read_records, recorded_teacher
 
 # %% auto #0
-__all__ = ['USER_ERRORS', 'Stop', 'StopFlag', 'Evaluator', 'Trainer', 'epoch_sums', 'add_step', 'progress', 'advance',
-           'epoch_line', 'resize_note', 'schedule_line', 'train']
+__all__ = ['USER_ERRORS', 'Stop', 'StopFlag', 'Evaluator', 'Trainer', 'resume_checkpoint', 'epoch_sums', 'add_step',
+           'progress', 'advance', 'epoch_line', 'resize_note', 'schedule_line', 'train']
 
 # %% ../nbs/11_train.ipynb #4a1c9e2b
 class Stop(Exception): "Raised to leave the training loop after a signal."
@@ -134,6 +134,8 @@ class Trainer:
         "The run's parts, on the folder this process holds: log, distiller, data, evaluation, schedules, a resume."
         cfg, env = self.cfg, self.env
         if env.main: remove_stale_temps(self.out)
+        self.resume_from = resume_checkpoint(cfg.resume, self.out)      # refused here, before anything is written
+        self.resumed = None                                              # the checkpoint this run continued
         if cfg.deterministic:
             os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
             torch.use_deterministic_algorithms(True)
@@ -155,9 +157,10 @@ class Trainer:
     def fit(self) -> dict:
         "Train from the current epoch to the end; returns the last epoch's record."
         if self.epoch >= self.cfg.epochs:
-            if self.env.main: print(f"run already complete ({self.epoch}/{self.cfg.epochs} epochs) in {self.out}; "
+            done = self.out if read_records(self.out) or self.resumed is None else self.resumed.parent
+            if self.env.main: print(f"run already complete ({self.epoch}/{self.cfg.epochs} epochs) in {done}; "
                                     "choose another --output to train again", flush=True)
-            return read_records(self.out)[-1]
+            return (read_records(done) or [{}])[-1]
         self.announce()
         record = {}
         with self.stop:
@@ -166,6 +169,28 @@ class Trainer:
                 record = self.end_epoch(*self.train_epoch(), lr)
         self.log.close()
         return record
+
+# %% ../nbs/11_train.ipynb #3f3c6d03
+def resume_checkpoint(resume: str, out: Path) -> tuple | None:
+    """`(path, checkpoint)` that `--resume` names: `auto` the run folder's checkpoint if there is one, a run folder
+    its `checkpoint.pt`, a file itself; None for `never` or a new run. Weights and other versions are refused."""
+    if resume == 'never': return None
+    path = out / 'checkpoint.pt' if resume == 'auto' else Path(resume)
+    if resume == 'auto' and not path.exists(): return None
+    if path.is_dir():
+        if not (path / 'checkpoint.pt').is_file():
+            raise FileNotFoundError(f"--resume {path}: the folder holds no checkpoint.pt (is it a cakd-train run?)")
+        path = path / 'checkpoint.pt'
+    if not path.exists(): raise FileNotFoundError(f"--resume {path}: no such checkpoint or run folder")
+    ck = read_checkpoint(path)
+    if 'format' not in ck and ck and all(isinstance(v, torch.Tensor) for v in ck.values()):
+        raise CheckpointError(f"--resume {path}: this file is a model's weights (a state dict), not a cakd-train "
+                              "checkpoint; --resume continues a run from its folder (--resume RUN_FOLDER) or its "
+                              "checkpoint.pt")
+    if ck.get('format') != 2:
+        raise CheckpointError(f"--resume {path}: written by another version of cakd-train (format "
+                              f"{ck.get('format')}, this one writes 2); train afresh into another --output")
+    return path, ck
 
 # %% ../nbs/11_train.ipynb #1004a49f
 @patch
@@ -195,15 +220,10 @@ def save_due(self: Trainer) -> bool:
 
 @patch
 def resume(self: Trainer):
-    "Continue from the run folder's checkpoint (`--resume auto`), from `--resume PATH`, or start afresh."
+    "Continue from the checkpoint that `resume_checkpoint` read before anything was written, or start afresh."
     c = self.cfg
-    path = {'never': None, 'auto': self.out / 'checkpoint.pt'}.get(c.resume, Path(c.resume))
-    if path is None or (c.resume == 'auto' and not path.exists()): return
-    if not path.exists(): raise FileNotFoundError(f"--resume {path}: no such checkpoint")
-    ck = read_checkpoint(path)
-    if ck.get('format') != 2:
-        raise CheckpointError(f"{path} was written by another version of cakd-train (format {ck.get('format')}, "
-                              "this one writes 2); use --resume never")
+    if self.resume_from is None: return
+    path, ck = self.resume_from
     check_compatible(ck, c, len(self.classes), path)
     self.distiller.load_training_state(ck)
     self.schedules.load_state_dict(ck)
@@ -211,6 +231,7 @@ def resume(self: Trainer):
     set_rng_state(ck['rng'][self.env.rank] if self.env.rank < len(ck['rng']) else ck['rng'][0])
     partial = ck.get('partial') or []                 # absent in checkpoints of earlier versions: the sums restart
     self.partial = partial[self.env.rank] if self.env.rank < len(partial) else None
+    self.resume_from, self.resumed = None, path                 # the checkpoint is in use: no second copy
     self.log({'event': 'resume', 'checkpoint': str(path), 'epoch': self.epoch, 'step': self.distiller.steps,
               'batches_done': self.skip}, echo=False)
     if self.epoch < c.epochs:

@@ -263,6 +263,17 @@ def test_class_count_mismatch_and_foreign_checkpoint(digits, tmp_path, fail, mai
             "--resume never to start this one afresh") in err
     err = fail('--data', str(digits), '--output', str(out), *[str(a) for a in args[4:]], '--lr', '0.5')
     assert 'another configuration (lr: checkpoint 0.01, now 0.5)' in err     # a finished run with another lr
+    # --resume takes a run folder for its checkpoint.pt; weights or a missing folder are refused in one line,
+    # and the refused run leaves no folder behind
+    new = [str(a) for a in args[2:]]
+    code, again, _ = main_in_process('--data', digits, '--output', tmp_path / 'c2', '--resume', out, *new[2:])
+    assert code == 0 and f'run already complete (1/1 epochs) in {out};' in again        # 1/1 done: nothing to do
+    weights = str(out / 'student_last.pt')
+    err = fail('--data', str(digits), '--output', str(tmp_path / 'c3'), '--resume', weights, *new[2:])
+    assert "student_last.pt: this file is a model's weights (a state dict), not a cakd-train checkpoint" in err
+    assert '--resume never' not in err and not (tmp_path / 'c3').exists()
+    err = fail('--data', str(digits), '--output', str(tmp_path / 'c4'), '--resume', str(tmp_path), *new[2:])
+    assert f"--resume {tmp_path}: the folder holds no checkpoint.pt" in err and not (tmp_path / 'c4').exists()
 
 
 class Evil:
