@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import TrainConfig
+from .config import CONFIG_VERSION, TrainConfig
 
 # %% auto #0
 __all__ = ['RUN_INDEPENDENT', 'temp_name', 'save_atomic', 'save_text', 'WriteError', 'tensor_bytes', 'writing',
            'os_cause', 'free_space', 'remove_stale_temps', 'FolderBusy', 'hold_folder', 'drop_empty_folder',
            'CheckpointError', 'read_checkpoint', 'rng_state', 'set_rng_state', 'flat_fields', 'field_changes',
-           'as_current', 'check_compatible']
+           'as_current', 'config_origin', 'check_compatible']
 
 # %% ../nbs/09_checkpoint.ipynb #cfa306d6
 def temp_name(path: Path) -> Path:
@@ -190,6 +190,14 @@ def as_current(config: dict) -> dict:
     "A config dict written by an earlier version with the fields added since at their defaults (which keep its run)."
     try: return TrainConfig.from_dict(config).to_dict()
     except (TypeError, ValueError, KeyError): return config      # not a config this version reads: compared as it is
+
+def config_origin(config: dict) -> str:
+    "' (config version V; filled at their defaults: a, b)' for a config of an earlier version, else ''."
+    try: info = TrainConfig.read(config)[1]
+    except (TypeError, ValueError, KeyError): return ''
+    if info['version'] == CONFIG_VERSION and not info['filled']: return ''
+    filled = f"; filled at their defaults: {', '.join(info['filled'])}" if info['filled'] else ''
+    return f" (config version {info['version']}{filled})"
 
 def check_compatible(ck: dict, cfg: TrainConfig, num_classes: int, path: str | Path):
     "Refuse checkpoint `ck` (read from `path`) unless `cfg` and `num_classes` describe the run that wrote it."

@@ -12,8 +12,8 @@ from .presets import (ALIASES, DATASET_PRESETS, DATASETS, PRESETS, Preset, check
                           preset_for_run)
 
 # %% auto #0
-__all__ = ['METHODS', 'DATASET_RECIPES', 'CHOICES', 'GROUPS', 'Method', 'get_method', 'method_preset', 'recipe',
-           'MethodOptions', 'ModelOptions', 'DataOptions', 'AugmentOptions', 'OptimOptions', 'SpeedOptions',
+__all__ = ['METHODS', 'DATASET_RECIPES', 'CHOICES', 'GROUPS', 'CONFIG_VERSION', 'Method', 'get_method', 'method_preset',
+           'recipe', 'MethodOptions', 'ModelOptions', 'DataOptions', 'AugmentOptions', 'OptimOptions', 'SpeedOptions',
            'RunOptions', 'check_schedule', 'check_config', 'TrainConfig']
 
 # %% ../nbs/08_config.ipynb #04a7f313
@@ -256,6 +256,9 @@ def check_config(cfg) -> None:
     if cfg.val_resize not in ('official', 'standard', 'both') and not str(cfg.val_resize).isdigit():
         raise ValueError(f"--val-resize must be official, standard, both or a number, got {cfg.val_resize!r}")
 
+# %% ../nbs/08_config.ipynb #93b94fc6
+CONFIG_VERSION = 2      # 1: configs written before the field existed; 2: adds `version` (and --head-lr-factor)
+
 # %% ../nbs/08_config.ipynb #8de93afd
 @dataclass
 class TrainConfig(RunOptions, SpeedOptions, OptimOptions, AugmentOptions, DataOptions, ModelOptions, MethodOptions):
@@ -278,11 +281,22 @@ class TrainConfig(RunOptions, SpeedOptions, OptimOptions, AugmentOptions, DataOp
         return cls(**{**recipe(m.name, dataset), 'method': m.name, 'preset': method_preset(m.name, dataset), **changes})
 
     def to_dict(self) -> dict:
-        "Plain values only (the preset as a dict): what `config.json` and checkpoints hold."
-        return asdict(self)
+        "Plain values only (the preset as a dict), with the schema `version`: what `config.json` and checkpoints hold."
+        return {'version': CONFIG_VERSION, **asdict(self)}
 
     @classmethod
     def from_dict(cls, d: dict) -> 'TrainConfig':
-        "The config `to_dict` returned (e.g. a run's `config.json`)."
-        check_known(d, [f.name for f in fields(cls)], 'option')
-        return cls(**d)
+        "The config `to_dict` returned (e.g. a run's `config.json`), of this version or an earlier one."
+        return cls.read(d)[0]
+
+    @classmethod
+    def read(cls, d: dict) -> tuple:
+        """`(config, {'version': v, 'filled': [fields]})` from a `to_dict` of this or an earlier version, the fields
+        it lacks filled at their defaults; a later version, or fields this one does not know, are refused by name."""
+        d = dict(d)
+        version = d.pop('version', 1)
+        if not isinstance(version, int) or not 1 <= version <= CONFIG_VERSION:
+            raise ValueError(f"config version {version!r}: this cakd reads versions 1 to {CONFIG_VERSION}; a later "
+                             "version was written by a newer cakd (update it to read this run)")
+        check_known(d, [f.name for f in fields(cls)], 'option', f'a version {version} config: ')
+        return cls(**d), {'version': version, 'filled': [f.name for f in fields(cls) if f.name not in d]}

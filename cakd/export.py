@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from .core import check_choice
-from .runs import WEIGHTS, run_student
+from .config import TrainConfig
+from .runs import WEIGHTS, run_file, run_student
 
 # %% auto #0
 __all__ = ['FORMATS', 'WRITERS', 'export_student_file', 'export_run', 'build_parser', 'cli']
@@ -79,7 +80,8 @@ def export_run(run: str | Path, fmt: str = 'onnx', out: str | Path | None = None
     info = {'file': out.name, 'format': fmt, 'weights': weights, 'model': type(model).__name__,
             'input': {'name': 'image', 'shape': ['batch', 3, *size], 'mean': list(mean), 'std': list(std),
                       'pixels': 'RGB in [0, 1], then (x - mean) / std'},
-            'output': {'name': 'logits', 'classes': classes}, 'max_abs_diff': diff}
+            'output': {'name': 'logits', 'classes': classes}, 'max_abs_diff': diff,
+            'config': TrainConfig.read(json.loads(run_file(run, 'config.json').read_text()))[1]}   # version, filled
     Path(str(out) + '.json').write_text(json.dumps(info, indent=1))
     return {'path': str(out), **info}
 
@@ -108,6 +110,9 @@ def cli(argv: list | None = None) -> int:
         return 1
     diff = r['max_abs_diff']
     checked = 'not checked (install onnxruntime)' if diff is None else f"max |diff| {diff:.2e}"
+    c = r['config']
+    if c['filled']: print(f"{a.run}: a config version {c['version']} run; filled at their defaults: "
+                          f"{', '.join(c['filled'])}")
     print(f"wrote {r['path']} ({r['model']}, input {r['input']['shape']}, {len(r['output']['classes'])} classes; "
           f"{checked} against PyTorch) and {r['path']}.json")
     return 0

@@ -22,7 +22,7 @@ from torch import nn
 from .build import STUDENT_NORM, Schedules, build_loaders, build_run_distiller, open_run_data, run_warnings
 from .build import teacher_file, weights_line
 from .checkpoint import CheckpointError, FolderBusy, check_compatible, drop_empty_folder, hold_folder
-from .checkpoint import read_checkpoint
+from .checkpoint import config_origin, read_checkpoint
 from .checkpoint import WriteError, remove_stale_temps, rng_state, save_atomic, save_text, set_rng_state
 from .config import TrainConfig, get_method
 from .core import DeviceError, Env, derive_seed, fp32, mean_over_ranks, seeded, setup_env
@@ -235,7 +235,8 @@ def resume(self: Trainer):
     self.log({'event': 'resume', 'checkpoint': str(path), 'epoch': self.epoch, 'step': self.distiller.steps,
               'batches_done': self.skip}, echo=False)
     if self.epoch < c.epochs:
-        print(f"[rank {self.env.rank}/{self.env.world}] resuming from {path}: {self.epoch} of {c.epochs} epochs done"
+        print(f"[rank {self.env.rank}/{self.env.world}] resuming from {path}{config_origin(ck.get('config', {}))}: "
+              f"{self.epoch} of {c.epochs} epochs done"
               + (f", and {self.skip} batches of the next" if self.skip else '') + f" (step {self.distiller.steps})",
               flush=True)
 

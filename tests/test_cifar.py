@@ -2,6 +2,7 @@
 whose teacher.pt then serves alone as --teacher-weights, the cifar100 notebook on 2 gloo processes, and export."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -137,7 +138,7 @@ def test_cifar100_notebook_on_two_gloo_processes(cifar, tmp_path):
 
 
 @pytest.mark.parametrize('fmt', ['onnx', 'torchscript'])
-def test_export_is_the_plain_student_and_matches_pytorch(cifar, teacher, fmt):
+def test_export_is_the_plain_student_and_matches_pytorch(cifar, teacher, fmt, tmp_path):
     import torchvision
     from cakd.build import load_state_dict
     run = cifar / 'cakd_official'
@@ -167,6 +168,16 @@ def test_export_is_the_plain_student_and_matches_pytorch(cifar, teacher, fmt):
     assert (got - want).abs().max().item() <= tolerance
     bad = subprocess.run([BIN / 'cakd-export', run, '--weights', 'ema'], capture_output=True, text=True)
     assert bad.returncode == 1 and 'student_ema_last.pt does not exist' in bad.stderr
+    assert info['config'] == {'version': 2, 'filled': []}
+    if fmt == 'torchscript':                            # a run folder of an earlier version: what was filled is said
+        old = tmp_path / 'old_run'
+        shutil.copytree(run, old)
+        cfg = json.loads((old / 'config.json').read_text())
+        earlier = {k: v for k, v in cfg.items() if k not in ('version', 'head_lr_factor')}
+        (old / 'config.json').write_text(json.dumps(earlier))
+        r = subprocess.run([BIN / 'cakd-export', old, '--format', fmt], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert f"{old}: a config version 1 run; filled at their defaults: head_lr_factor" in r.stdout
 
 
 def test_download_route_fetches_checks_and_trains(tmp_path, monkeypatch, capsys):
