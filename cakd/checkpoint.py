@@ -18,10 +18,10 @@ import torch
 from .config import CONFIG_VERSION, TrainConfig
 
 # %% auto #0
-__all__ = ['RUN_INDEPENDENT', 'temp_name', 'save_atomic', 'save_text', 'WriteError', 'tensor_bytes', 'writing',
-           'os_cause', 'free_space', 'remove_stale_temps', 'FolderBusy', 'hold_folder', 'drop_empty_folder',
+__all__ = ['RUN_INDEPENDENT', 'TRAINING_ONLY', 'temp_name', 'save_atomic', 'save_text', 'WriteError', 'tensor_bytes',
+           'writing', 'os_cause', 'free_space', 'remove_stale_temps', 'FolderBusy', 'hold_folder', 'drop_empty_folder',
            'CheckpointError', 'read_checkpoint', 'rng_state', 'set_rng_state', 'flat_fields', 'field_changes',
-           'as_current', 'config_origin', 'check_compatible']
+           'as_current', 'slim_checkpoint', 'config_origin', 'check_compatible']
 
 # %% ../nbs/09_checkpoint.ipynb #cfa306d6
 def temp_name(path: Path) -> Path:
@@ -190,6 +190,17 @@ def as_current(config: dict) -> dict:
     "A config dict written by an earlier version with the fields added since at their defaults (which keep its run)."
     try: return TrainConfig.from_dict(config).to_dict()
     except (TypeError, ValueError, KeyError): return config      # not a config this version reads: compared as it is
+
+TRAINING_ONLY = ('opt', 'd_opt', 'scaler', 'ema')     # what only further training needs: optimisers, scaler, EMA
+
+def slim_checkpoint(path: str | Path) -> int:
+    """Rewrite a finished run's checkpoint without what only training on needs (`TRAINING_ONLY`; the weights, RNG,
+    schedule and metadata stay, marked `slim`), atomically; returns the bytes saved."""
+    path = Path(path)
+    ck, before = read_checkpoint(path), path.stat().st_size
+    if ck.get('slim'): return 0
+    save_atomic({**{k: v for k, v in ck.items() if k not in TRAINING_ONLY}, 'slim': True}, path)
+    return before - path.stat().st_size
 
 def config_origin(config: dict) -> str:
     "' (config version V; filled at their defaults: a, b)' for a config of an earlier version, else ''."

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .build import check_teacher_classes, teacher_classes
+from .checkpoint import slim_checkpoint
 from .config import TrainConfig
 from .flags import to_argv
 from .runs import read_records, recorded_teacher
@@ -95,9 +96,11 @@ def _start(cfg: TrainConfig, env: dict):
     cmd = [sys.executable, '-m', 'cakd.cli', *to_argv(cfg)]
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log
 
-def run_many(cfgs: list, jobs: int = 2, say=print) -> list:
+def run_many(cfgs: list, jobs: int = 2, say=print, keep_checkpoints: bool = False) -> list:
     """Train every `TrainConfig` in `cfgs`, `jobs` processes at a time; returns each run's last epoch record, in order.
-    `say` gets a line as each run ends (its folder, top-1, time, and how many are left, with an estimate)."""
+    `say` gets a line as each run ends (its folder, top-1, time, and how many are left, with an estimate). A finished
+    run's checkpoint is slimmed to its weights (`slim_checkpoint`: a batch keeps what its results and the re-use of its
+    runs need) unless `keep_checkpoints`."""
     threads = max(1, (os.cpu_count() or 1) // jobs)
     env = {**os.environ, 'OMP_NUM_THREADS': str(threads), 'PYTHONUNBUFFERED': '1'}
     pending, running, records = list(enumerate(cfgs)), {}, [None] * len(cfgs)
@@ -119,6 +122,7 @@ def run_many(cfgs: list, jobs: int = 2, say=print) -> list:
                     raise RuntimeError(f"{cfgs[i].output}: cakd-train exited with {proc.returncode}:\n"
                                        + '\n'.join(tail))
                 records[i] = read_records(cfgs[i].output)[-1]
+                if not keep_checkpoints: slim_checkpoint(Path(cfgs[i].output) / 'checkpoint.pt')
                 took.append(time.time() - start)
                 say(finished_line(cfgs[i].output, records[i], took, len(pending) + len(running), jobs, t0))
             time.sleep(0.1)

@@ -225,6 +225,9 @@ def resume(self: Trainer):
     if self.resume_from is None: return
     path, ck = self.resume_from
     check_compatible(ck, c, len(self.classes), path)
+    if ck.get('slim') and ck['epoch'] < c.epochs:                # defensive: only finished runs are slimmed
+        raise CheckpointError(f"--resume {path}: a slim checkpoint (a batch run's weights without its optimiser "
+                              "state) cannot continue training")
     self.distiller.load_training_state(ck)
     self.schedules.load_state_dict(ck)
     self.epoch, self.skip, self.best = ck['epoch'], ck['batches_done'], ck['best']
