@@ -485,7 +485,7 @@ def test_tensorboard_event_file_holds_every_logged_scalar(digits, tmp_path, main
     out = tmp_path / 'tb'
     code, _, err = main_in_process('--data', digits, '--output', out, '--epochs', '1', '--max-steps-per-epoch', '4',
                                    *SMALL, '--print-freq', '2', '--tensorboard', '--preset.ramp', 'none',
-                                   '--lr-warmup-epochs', '0', '--no-ra-sampler')
+                                   '--lr-warmup-epochs', '0', '--no-ra-sampler', '--model-ema-steps', '2')
     assert code == 0, err
     tb = EventAccumulator(str(out / 'tensorboard')).Reload()        # tensorboard's own reader
     tags = set(tb.Tags()['scalars'])
