@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cakd-installed
 
 .PHONY: venv test test-fast sync nbtest pytest export bench gpu-check readme docs lab
-.PHONY: reproduce calibrate ablation imagenet cifar100 attention results
+.PHONY: reproduce calibrate ablation imagenet cifar100 attention results twins cluttered
 
 $(STAMP): setup.py settings.ini
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -54,6 +54,11 @@ calibrate: venv                     ## the calibrated CAKD arm's weights and tap
 
 ablation: venv                      ## the calibrated CAKD with each term removed, on the runs of make reproduce
 	export CAKD_DEVICE=$${CAKD_DEVICE:-cpu}; $(call experiment,ablation,runs/ablation,)
+
+twins: venv                         ## the relational protocol (issue 29): gated teachers, positive control, every arm
+	export CAKD_DEVICE=$${CAKD_DEVICE:-cpu}; $(call experiment,twins,runs/twins,)
+
+cluttered: twins                    ## issue 29's name for it: the relational protocol was chosen over clutter
 
 DATA ?=
 imagenet: venv                      ## the ImageNet run through torchrun (CUDA, a GPU per process): make imagenet DATA=dir

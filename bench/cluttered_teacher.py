@@ -14,16 +14,13 @@ The figures are exact for a seed on one machine; other machines differ in the la
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import time
 
 import timm
 import torch
-import torch.nn.functional as F
 
 from cakd.cluttered import ClutteredDigits, cluttered_digits, localisation_gate, show_cluttered, teacher_map
 from cakd.taps import TeacherTap
+from cakd.twins import train_fresh
 
 
 def parse(argv=None):
@@ -60,12 +57,6 @@ def build(a) -> torch.nn.Module:
                              embed_dim=a.dim, depth=a.depth, num_heads=a.heads, num_classes=10)
 
 
-def rate(a, step: int) -> float:
-    "Linear warm-up, then cosine to zero."
-    if step < a.warmup: return a.lr * (step + 1) / a.warmup
-    return a.lr * 0.5 * (1 + math.cos(math.pi * (step - a.warmup) / max(1, a.steps - a.warmup)))
-
-
 def block_maps(model, x: torch.Tensor) -> list:
     "The class token's attention over the patches at every block: a list of (N, h, w)."
     maps = []
@@ -89,25 +80,15 @@ def evaluate(model, val: dict) -> dict:
                 ink_ratio=round(gates[0]['ink_ratio'], 2), best_block=best, passes=gates[best]['passes'])
 
 
-def train(a, model, data, check, say=print) -> dict:
-    """Train for `a.steps` on `data` (a fresh draw of `a.batch` samples every step through `data.set_epoch`), printing
-    `check(model)` every `a.every` steps and at the end; returns the last record."""
-    torch.manual_seed(a.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.05)
-    t0, record = time.time(), {}
-    for step in range(a.steps):
-        data.set_epoch(step)                               # a fresh draw of placements and clutter every step
-        x, y = zip(*(data[i] for i in range(a.batch)))
-        for g in opt.param_groups: g['lr'] = rate(a, step)
-        loss = F.cross_entropy(model((torch.stack(x) - 0.5) / 0.5), torch.tensor(y))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if (step + 1) % a.every == 0 or step + 1 == a.steps:
-            record = dict(step=step + 1, seconds=round(time.time() - t0), loss=round(loss.item(), 3),
-                          **check(model))
-            say(json.dumps(record))
-    return record
+def grey(x: torch.Tensor) -> torch.Tensor:
+    "The benchmarks' input: one grey channel in [-1, 1]."
+    return (x - 0.5) / 0.5
+
+
+def train(a, model, data, check) -> dict:
+    "`cakd.twins.train_fresh` with the options of `teacher_args`, on grey inputs."
+    return train_fresh(model, data, a.steps, a.batch, a.lr, a.warmup, seed=a.seed, inputs=grey, check=check,
+                       every=a.every)
 
 
 def figure(model, val: dict, block: int, path: str):

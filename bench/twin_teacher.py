@@ -18,9 +18,8 @@ import argparse
 
 import torch
 
-from cakd.taps import TeacherTap
-from cakd.twins import MODES, TwinDigits, patch_attention, show_twins, twin_attention, twin_digits, twin_gate
-from cluttered_teacher import build, teacher_args, train
+from cakd.twins import MODES, TwinDigits, block_attention, show_twins, teacher_gate, twin_digits
+from cluttered_teacher import build, grey, teacher_args, train
 
 
 def parse(argv=None):
@@ -36,39 +35,17 @@ def parse(argv=None):
     return a
 
 
-def block_attention(model, x: torch.Tensor) -> list:
-    "Patch-to-patch attention at every block, per head: a list of (N, heads, T, T), and the token grid."
-    out = []
-    for b in range(len(model.blocks)):
-        tap = TeacherTap(model, block=b)
-        f = tap(x)
-        out.append(patch_attention(f, reduce=None))
-        tap.remove()
-    return out, f.grid
-
-
 def evaluate(model, val: dict, grid: int) -> dict:
     "Top-1, each block's twin and odd ratios (heads averaged), the best head's twin ratio and the gate."
-    model.eval()
-    with torch.no_grad():
-        x = (val['images'] - 0.5) / 0.5
-        top1 = (model(x).argmax(1) == val['labels']).float().mean().item() * 100
-        blocks, tokens = block_attention(model, x)
-        gates = [twin_gate(a.mean(1), val['cells'], grid, tokens) for a in blocks]
-        heads = [max(twin_attention(a[:, h], val['cells'], grid, tokens)['twin_ratio'] for h in range(a.shape[1]))
-                 for a in blocks]
-    model.train()
-    best = max(range(len(gates)), key=lambda b: gates[b]['twin_ratio'])
-    return dict(top1=round(top1, 1), twin_ratio=[round(g['twin_ratio'], 2) for g in gates],
-                odd_ratio=[round(g['odd_ratio'], 2) for g in gates], best_head=[round(h, 2) for h in heads],
-                best_block=best, passes=gates[best]['passes'])
+    r = teacher_gate(model, val, grid, inputs=grey)
+    return dict(r, top1=round(r['top1'], 1), best_block=r.pop('block'))
 
 
 def figure(model, val: dict, grid: int, block: int, path: str):
     "Where the first twin looks at the block (heads averaged), over the first 16 validation images."
     model.eval()
     with torch.no_grad():
-        blocks, tokens = block_attention(model, (val['images'][:16] - 0.5) / 0.5)
+        blocks, tokens = block_attention(model, grey(val['images'][:16]))
     fig = show_twins(val['images'][:16], val['labels'][:16], val['cells'][:16], grid, blocks[block].mean(1), tokens,
                      title=f"block {block}: where the first twin's tokens look (twins green, others orange)")
     fig.savefig(path, dpi=90)

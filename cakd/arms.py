@@ -12,12 +12,13 @@ from .config import METHODS, TrainConfig
 from .presets import check_known, merge_changes
 
 # %% auto #0
-__all__ = ['RECIPE_FIELDS', 'CROSS_TERMS', 'ARMS', 'Arm', 'pinned_recipe', 'arm_config', 'preset_problems',
+__all__ = ['RECIPE_FIELDS', 'CROSS_TERMS', 'STRONG', 'ARMS', 'Arm', 'pinned_recipe', 'arm_config', 'preset_problems',
            'check_arms']
 
 # %% ../nbs/08a_arms.ipynb #6ae9bc04
 RECIPE_FIELDS = tuple(dict.fromkeys(k for m in METHODS.values() for k in m.recipe))
 CROSS_TERMS = ('attn', 'vv', 'feat', 'cls', 'adv')        # CAKD's cross-architecture terms (all but CE and logits)
+STRONG = dict(kd=0.0, adv=0.0, attn=1.0, vv=1.0, feat=1.0, cls=1.0)   # the relations at the cross-entropy's weight
 
 @dataclass(frozen=True)
 class Arm:
@@ -34,6 +35,19 @@ ARMS = {a.name: a for a in [
         "matched KD: CAKD official's logits term, weight and ramp, without its cross-architecture terms"),
     Arm('cakd_official', 'cakd_official', {}, 'CAKD as the official code computes it (GAN fixed)'),
     Arm('cakd_paper', 'cakd_paper', {}, 'CAKD as the paper describes it'),
+    Arm('relations', 'cakd_official', {'preset': {'weights': {'kd': 0.0, 'adv': 0.0}}},
+        "the positive control: CAKD official's attention, V·Vᵀ, GL and cls terms alone (no logits, no adversarial "
+        "term), so that it can gain only through the cross-architecture terms"),
+    Arm('relations_permuted', 'cakd_official',
+        {'preset': {'weights': {'kd': 0.0, 'adv': 0.0}, 'permute_relations': True}},
+        "the control of the control: `relations` with the teacher's attention and V·Vᵀ on its tokens permuted per "
+        "image (the same relations, attached to the wrong places)"),
+    Arm('relations_strong', 'cakd_official', {'preset': {'weights': STRONG, 'ramp': None}},
+        "`relations` with each term at the cross-entropy's weight from the first step (CAKD official's weights and "
+        "ramp give the attention term 0.04 of it)"),
+    Arm('relations_strong_permuted', 'cakd_official',
+        {'preset': {'weights': STRONG, 'ramp': None, 'permute_relations': True}},
+        "`relations_strong` with the teacher's attention and V·Vᵀ on its tokens permuted per image"),
     Arm('dist', 'dist', {}, "DIST: CE + the inter- and intra-class relations of the probabilities, its "
         "authors' weights"),
     Arm('ofa', 'ofa', {'unlabeled': ''}, "OFA-KD: target-enhanced KD on the logits and on a branch per stage; labelled "

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import replace
 from typing import Sequence
 
 import torch
@@ -18,12 +19,12 @@ from .losses import ce_loss, feature_loss, logits_term, ofa_loss, total_loss
 from .presets import LOSS_TERMS, Preset, check_choice, get_preset
 from .ofa import stage_names
 from .mrt import MapDiscriminator, MultiViewGenerator, TokenDiscriminator, discriminator_loss, generator_loss
-from .pca import attention_target, pca_loss
+from .pca import attention_target, image_permutations, pca_loss, permute_tokens
 from .taps import FrozenTeacher, StudentTap, zeros_like_input
 
 # %% auto #0
-__all__ = ['NORM_LAYERS', 'AMP', 'check_class_map', 'check_grid', 'build_head', 'build_adversary', 'Distiller',
-           'param_groups', 'check_finite', 'export_student']
+__all__ = ['NORM_LAYERS', 'AMP', 'check_class_map', 'check_grid', 'build_head', 'check_tokens', 'build_adversary',
+           'Distiller', 'scramble_relations', 'param_groups', 'check_finite', 'export_student']
 
 # %% ../nbs/06_distiller.ipynb #8a9c53a9
 def check_class_map(class_map, student_classes: int, teacher_classes: int, preset: Preset) -> torch.Tensor | None:
@@ -63,6 +64,14 @@ def build_head(tap: StudentTap, teacher: FrozenTeacher, preset: Preset, size: tu
     t, stages = teacher.tap, {n: (s.stages[n].shape[1], st) for n, st in (strides or {}).items()}
     return CAKDHead(s.feat.shape[1], s.pooled.shape[1], t.heads, t.head_dim, t.dim, teacher.grid, preset, seed,
                     stages, tap.num_classes)
+
+def check_tokens(grid: tuple, image_size: tuple, preset: Preset):
+    "Refuse a teacher grid of one token when the preset matches tokens: attention over one token carries nothing."
+    terms = [k for k in ('attn', 'vv', 'feat', 'adv') if preset.uses(k)]
+    if grid[0] * grid[1] > 1 or not terms: return
+    raise ValueError(f"the teacher's tapped block has a {grid[0]}x{grid[1]} token grid at {image_size[0]}x"
+                     f"{image_size[1]} px: {', '.join(terms)} over one token carry nothing to distil; give the teacher "
+                     "larger inputs (--train-crop-size, e.g. its own 224 for swin_t) or set those weights to 0")
 
 def build_adversary(teacher: FrozenTeacher, preset: Preset, student_norm: tuple | None,
                     seed: int | None = None) -> tuple:
@@ -109,6 +118,7 @@ class Distiller(nn.Module):
             return
         t = teacher if isinstance(teacher, FrozenTeacher) else FrozenTeacher(
             teacher, p.teacher_block, student_norm, teacher_norm, resize_teacher_input)
+        check_tokens(t.grid, t.image_size, p)
         if t.tap.prefix == 0 and p.uses('cls'):              # Swin: no class token, so no cls term (METHOD.md §7.15)
             self.preset = p = get_preset(p, weights={'cls': 0.0})
         self.teacher, size = t, tuple(image_size or t.image_size)
@@ -151,6 +161,7 @@ def compute(self: Distiller, x: torch.Tensor, y: torch.Tensor | None = None, rho
             t = proj = vproj = None
         else:
             t = self.teacher(x)
+            if self.preset.permute_relations: t = scramble_relations(t, x)
             with self.stream('views'): view = self.mvg(x) if self.mvg is not None and self.training else None
             with self.stream('forward'): s, proj, vproj = (model or self.model)(x, view)   # dropout, if any
     with torch.autocast(x.device.type, enabled=False):
@@ -161,6 +172,16 @@ def compute(self: Distiller, x: torch.Tensor, y: torch.Tensor | None = None, rho
 
 # %% ../nbs/06_distiller.ipynb #e03adfa7
 def _fp32(v): return tuple(fp32(u) for u in v) if isinstance(v, tuple) else fp32(v)
+
+def scramble_relations(t, x: torch.Tensor):
+    "Teacher features `t` of images `x` with the patch tokens' Q, K, V permuted per image (`permute_relations`)."
+    if t.bias is not None:
+        raise ValueError("preset.permute_relations: the teacher adds a position bias (Swin) tied to token places; "
+                         "the control needs a ViT teacher")
+    p = t.prefix
+    moved = permute_tokens(t.patch_qkv, image_permutations(x, t.q.shape[-2] - p))
+    keep = lambda full, part: torch.cat([full[:, :, :p], part], 2)
+    return replace(t, q=keep(t.q, moved[0]), k=keep(t.k, moved[1]), v=keep(t.v, moved[2]))
 
 @patch
 def distil_terms(self: Distiller, s, proj: dict, t, y: torch.Tensor | None = None) -> dict:

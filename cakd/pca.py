@@ -15,7 +15,7 @@ from .taps import split_heads
 
 # %% auto #0
 __all__ = ['qk_logits', 'vv_gram', 'attention_output', 'attention_target', 'partial_cross', 'PCAProjector', 'pca_pairs',
-           'pca_loss']
+           'pca_loss', 'image_permutations', 'permute_tokens']
 
 # %% ../nbs/02_pca.ipynb #e01da2c7
 def qk_logits(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -97,3 +97,19 @@ def pca_loss(student: tuple, teacher: tuple, target: str = 'logits_avg', swap_p:
     "MSE between student and teacher attention (`attn`) and value relations (`vv`): `pca_pairs`, compared."
     pairs = pca_pairs(student, teacher, target, swap_p, vv_teacher_scaled, generator, teacher_bias)
     return {k: F.mse_loss(s, t) for k, (s, t) in pairs.items()}
+
+# %% ../nbs/02_pca.ipynb #fbfadc41
+def image_permutations(x: torch.Tensor, n: int) -> torch.Tensor:
+    """A permutation of `n` tokens for each image of `x` (B, ...), `(B, n)`: a pure function of the image's pixels
+    (8-bit levels hashed to a seed), the same at every step and on every device."""
+    levels = (x.detach().float().flatten(1).cpu() * 255).round().long()
+    weights = torch.arange(1, levels.shape[1] + 1) % 9973 + 1       # position-dependent, so that layouts differ
+    seeds = (levels * weights).sum(1) % (2 ** 31 - 1)
+    return torch.stack([torch.randperm(n, generator=torch.Generator().manual_seed(int(s))) for s in seeds]).to(x.device)
+
+def permute_tokens(qkv: tuple, perm: torch.Tensor) -> tuple:
+    "Q, K, V `(B, heads, N, d)` with their tokens reordered by `perm` (B, N): attention and V·Vᵀ become P·A·Pᵀ."
+    if perm.shape != (qkv[0].shape[0], qkv[0].shape[-2]):
+        raise ValueError(f"permutations {tuple(perm.shape)} do not fit Q {tuple(qkv[0].shape)}: expected (B, N)")
+    index = perm[:, None, :, None].expand(-1, qkv[0].shape[1], -1, qkv[0].shape[-1])
+    return tuple(t.gather(2, index) for t in qkv)

@@ -108,6 +108,7 @@ class Preset:
     attn_target: str = 'logits_avg'  # 'logits_avg', 'probs_avg' or 'output'
     swap_p: float = 0.0              # partially cross probability (training only)
     vv_teacher_scaled: bool = True   # False: the official code's unscaled teacher V·Vᵀ
+    permute_relations: bool = False  # a control: the teacher's A and V·Vᵀ on tokens permuted per image
     gl_k: int = 4                    # GL neighbourhood
     gl_dropout: float = 0.0
     resample: str = 'bilinear'       # how a student map is brought to the teacher grid; 'none': grids must match

@@ -73,17 +73,22 @@ def teacher_config(data: str | Path, output: str | Path, model: str, options: di
         print_freq=QUIET, save_every=epochs, save_minutes=SAVE_MINUTES)
 
 def student_configs(arms: dict, seeds: list, data: str | Path, transfer: str | Path | None, output: str | Path,
-                    teacher: dict, student: dict, epochs: int, transfer_batch_size: int) -> dict:
+                    teacher: dict, student: dict, epochs: int, transfer_batch_size: int, recipe: dict | None = None,
+                    preset: dict | None = None) -> dict:
     """`{(arm, seed): TrainConfig}` of every arm and seed on the pinned recipe; `teacher` holds the teacher's
-    fields (`teacher`, `teacher_weights`, `teacher_options`), `student` the student's (`model`, `student_layer`,
-    `lr`, `batch_size`, `device`, `workers`)."""
-    recipe = pinned_recipe('cakd_official', **STUDENT_RECIPE, epochs=epochs, lr=student['lr'],
+    fields (`teacher`, `teacher_weights`, `teacher_options`; a callable: of the seed), `student` the student's
+    (`model`, `student_layer`, `lr`, `batch_size`, `device`, `workers`); `recipe` changes `STUDENT_RECIPE` and
+    `preset` the preset of every arm (e.g. `teacher_block`)."""
+    recipe = pinned_recipe('cakd_official', **{**STUDENT_RECIPE, **(recipe or {})}, epochs=epochs, lr=student['lr'],
                            batch_size=student['batch_size'])
+    teacher_of = teacher if callable(teacher) else lambda seed: teacher
     common = dict(data=str(data), unlabeled=str(transfer or ''), unlabeled_batch_size=transfer_batch_size,
-                  train_crop_size=None, teacher_norm='imagenet', preset={'label_smoothing': 0.0}, print_freq=QUIET,
-                  eval_every=epochs, save_every=epochs, save_minutes=SAVE_MINUTES, **teacher,
+                  train_crop_size=None, teacher_norm='imagenet', preset={'label_smoothing': 0.0, **(preset or {})},
+                  print_freq=QUIET,
+                  eval_every=epochs, save_every=epochs, save_minutes=SAVE_MINUTES,
                   **{k: v for k, v in student.items() if k not in ('lr', 'batch_size')})
-    return {(a, s): arm_config(arms[a], recipe, **common, seed=s, output=str(Path(output) / f'{a}_seed{s}'))
+    return {(a, s): arm_config(arms[a], recipe, **common, **teacher_of(s), seed=s,
+                               output=str(Path(output) / f'{a}_seed{s}'))
             for a in arms for s in seeds}
 
 # %% ../nbs/15_study.ipynb #07e3c98b

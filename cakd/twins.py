@@ -5,14 +5,22 @@
 # %% ../nbs/07c_twins.ipynb #8abb8b1b
 from __future__ import annotations
 
+import json
+import math
+import time
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .cluttered import SPLITS, _digits, _paste, digit_pools, write_split
+from .core import IMAGENET_MEAN, IMAGENET_STD
+from .taps import TeacherTap
 
 # %% auto #0
 __all__ = ['MODES', 'twin_sample', 'TwinDigits', 'twin_digits', 'cell_masks', 'patch_attention', 'twin_attention',
-           'twin_gate', 'write_twins', 'read_cells', 'show_twins']
+           'twin_gate', 'write_twins', 'read_cells', 'show_twins', 'pipeline_images', 'warmup_cosine', 'train_fresh',
+           'block_attention', 'teacher_gate', 'fit_teacher', 'fit_teachers', 'fit_job']
 
 # %% ../nbs/07c_twins.ipynb #80e16886
 MODES = ('class', 'copy')
@@ -162,3 +170,96 @@ def _first_twin_looks(attn, cells, layout, token_grid) -> torch.Tensor:
     "Where the first twin's queries look: their mean attention row over the token grid, (N, h, w)."
     m = cell_masks(cells[:, :1], layout, token_grid)[:, 0]                 # (N, T)
     return (torch.einsum('nt,ntu->nu', m, attn.detach().float()) / m.sum(-1, keepdim=True)).reshape(-1, *token_grid)
+
+# %% ../nbs/07c_twins.ipynb #505004f7
+def pipeline_images(images: torch.Tensor, mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD) -> torch.Tensor:
+    "Grey images (N, 1, H, W) in [0, 1] as the pipeline reads their PNGs: 8-bit levels, three channels, normalised."
+    x = (images * 255).round() / 255
+    m, s = (torch.tensor(v, dtype=x.dtype).view(1, -1, 1, 1) for v in (mean, std))
+    return (x.expand(-1, len(mean), -1, -1) - m) / s
+
+def warmup_cosine(step: int, steps: int, lr: float, warmup: int) -> float:
+    "The learning rate at `step`: a linear warm-up over `warmup` steps, then a cosine decay to zero at `steps`."
+    if step < warmup: return lr * (step + 1) / warmup
+    return lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+def train_fresh(model: torch.nn.Module, data, steps: int, batch: int, lr: float = 1e-3, warmup: int = 200,
+                weight_decay: float = 0.05, seed: int = 0, inputs=pipeline_images, check=None, every: int = 500,
+                say=print) -> dict:
+    """Train `model` for `steps` on `data` (samples `0..batch-1` of epoch `step`: a fresh draw every step) with
+    AdamW; every `every` steps and at the end, say and keep `check(model)` beside the step, seconds and loss."""
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    t0, record = time.time(), {}
+    model.train()
+    for step in range(steps):
+        data.set_epoch(step)
+        x, y = zip(*(data[i] for i in range(batch)))
+        for g in opt.param_groups: g['lr'] = warmup_cosine(step, steps, lr, warmup)
+        loss = F.cross_entropy(model(inputs(torch.stack(x))), torch.tensor(y))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if check is not None and ((step + 1) % every == 0 or step + 1 == steps):
+            record = dict(step=step + 1, seconds=round(time.time() - t0), loss=round(loss.item(), 3), **check(model))
+            say(json.dumps(record))
+    return record
+
+# %% ../nbs/07c_twins.ipynb #025ff0b0
+def block_attention(model: torch.nn.Module, x: torch.Tensor) -> tuple:
+    "Patch-to-patch attention of a ViT at every block, per head: a list of (N, heads, T, T), and the token grid."
+    out = []
+    for b in range(len(model.blocks)):
+        tap = TeacherTap(model, block=b)
+        try: f = tap(x)
+        finally: tap.remove()
+        out.append(patch_attention(f, reduce=None))
+    return out, f.grid
+
+def teacher_gate(model: torch.nn.Module, val: dict, layout: int, block: int | None = None,
+                 inputs=pipeline_images, factor: float = 3.0) -> dict:
+    """Top-1 on `val` (a `twin_digits` draw), every block's twin and odd ratios (heads averaged) and best head's
+    twin ratio, and the gate (`twin_gate`) at `block` (None: the block of the highest twin ratio)."""
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        x = inputs(val['images'])
+        top1 = (model(x).argmax(1) == val['labels']).float().mean().item() * 100
+        blocks, grid = block_attention(model, x)
+    model.train(was)
+    gates = [twin_gate(a.mean(1), val['cells'], layout, grid, factor) for a in blocks]
+    heads = [max(twin_attention(a[:, h], val['cells'], layout, grid)['twin_ratio'] for h in range(a.shape[1]))
+             for a in blocks]
+    chosen = max(range(len(gates)), key=lambda b: gates[b]['twin_ratio']) if block is None else block % len(gates)
+    return dict(top1=round(top1, 2), twin_ratio=[round(g['twin_ratio'], 2) for g in gates],
+                odd_ratio=[round(g['odd_ratio'], 2) for g in gates], best_head=[round(h, 2) for h in heads],
+                block=chosen, passes=gates[chosen]['passes'])
+
+# %% ../nbs/07c_twins.ipynb #3487b33f
+def fit_teacher(path, model: str, options: dict, seed: int, steps: int, batch: int, lr: float, shape: dict,
+                gate_images: int = 500, factor: float = 3.0, threads: int | None = None) -> list:
+    """Train a timm ViT `model` with `options` from scratch on fresh `TwinDigits(**shape)` layouts and save its
+    weights at `path`; returns the gate records (`teacher_gate` on a fixed validation draw) every `steps // 3`."""
+    import timm
+    if threads: torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    net = timm.create_model(model, pretrained=False, **options)
+    val = twin_digits(gate_images, 'val', seed=123, **shape)
+    logs = []
+    gate = lambda m: teacher_gate(m, val, shape.get('grid', 3), factor=factor)
+    train_fresh(net, TwinDigits('train', batch, seed=seed, **shape), steps, batch, lr, seed=seed,
+                every=max(1, steps // 3), check=gate, say=logs.append)
+    torch.save(net.state_dict(), path)
+    return [json.loads(l) for l in logs]
+
+def fit_teachers(jobs: list, processes: int = 2) -> list:
+    "`fit_teacher(**job)` for every job, `processes` at a time in fresh processes, one thread each; their records."
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from cakd import twins                                  # by module, so that a notebook's copy is not pickled
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context('spawn')) as pool:
+        return list(pool.map(twins.fit_job, [{'threads': 1, **j} for j in jobs]))
+
+def fit_job(job: dict) -> list:
+    "`fit_teacher(**job)`: what a `fit_teachers` process runs."
+    return fit_teacher(**job)
