@@ -31,9 +31,10 @@ from .taps import TeacherTap
 # %% auto #0
 __all__ = ['WEIGHT_SUFFIXES', 'NO_WEIGHTS', 'STUDENT_NORM', 'is_weights_file', 'read_weights', 'load_state_dict',
            'head_classes', 'check_timm_weights', 'build_teacher', 'weights_line', 'teacher_classes',
-           'check_teacher_classes', 'build_student', 'read_class_map', 'build_distiller', 'replace_head',
-           'vit_input_size', 'build_finetune', 'teacher_file', 'val_resizes', 'build_loaders', 'step_options',
-           'open_run_data', 'build_run_distiller', 'make_scheduler', 'Schedules', 'run_warnings']
+           'check_teacher_classes', 'build_student', 'read_class_map', 'build_distiller', 'student_state',
+           'load_student_weights', 'replace_head', 'vit_input_size', 'build_finetune', 'teacher_file', 'val_resizes',
+           'build_loaders', 'step_options', 'open_run_data', 'build_run_distiller', 'make_scheduler', 'Schedules',
+           'run_warnings']
 
 # %% ../nbs/10_build.ipynb #3a11f753
 WEIGHT_SUFFIXES = ('.pt', '.pth', '.bin', '.ckpt', '.tar', '.safetensors')   # .tar: timm's model_best.pth.tar
@@ -163,7 +164,13 @@ def check_teacher_classes(cfg: TrainConfig, num_classes: int) -> None:
 
 # %% ../nbs/10_build.ipynb #bf15b233
 def build_student(cfg: TrainConfig, num_classes: int) -> nn.Module:
-    "A stock torchvision (or timm) classification model with `num_classes` outputs."
+    "A stock torchvision (or timm) classification model with `num_classes` outputs, from `--student-weights` if set."
+    model = _student_model(cfg, num_classes)
+    if cfg.student_weights not in NO_WEIGHTS: load_student_weights(model, student_state(cfg))
+    return model
+
+def _student_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    "The student architecture of `cfg`, freshly initialised."
     if cfg.model.startswith('timm:'):
         import timm
         return timm.create_model(cfg.model[5:], num_classes=num_classes, **cfg.model_options)
@@ -199,6 +206,34 @@ def build_distiller(cfg: TrainConfig, num_classes: int, student_norm: tuple = (I
     if sync_bn: student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
     return Distiller(teacher, student, cfg.preset, student_layer=cfg.student_layer, class_map=read_class_map(cfg),
                      student_norm=student_norm, teacher_norm=teacher_norm, seed=cfg.seed)
+
+# %% ../nbs/10_build.ipynb #29afdff7
+def student_state(cfg: TrainConfig) -> dict:
+    "The state dict `--student-weights` names: a local file (of a cakd-train run: its student) or torchvision weights."
+    w = cfg.student_weights
+    if is_weights_file(w): return load_state_dict(w)
+    if cfg.model.startswith('timm:'):
+        raise ValueError(f"--student-weights {w}: a timm student starts from a weights file (.pt, .pth, .safetensors)")
+    enum = torchvision.models.get_model_weights(cfg.model)
+    names = ['DEFAULT', *(e.name for e in enum)]
+    if w not in names:
+        raise ValueError(f"--student-weights {w}: neither a weights file nor one of {cfg.model}'s torchvision weights "
+                         f"({', '.join(names)})")
+    return (enum.DEFAULT if w == 'DEFAULT' else enum[w]).get_state_dict(progress=False)
+
+def load_student_weights(model: nn.Module, sd: dict) -> list:
+    """Load `sd` into `model`; a classifier of another class count stays as built (named in the result). Any other
+    missing, extra or misshapen key is refused, naming a few."""
+    own = model.state_dict()
+    name = next(n for n, m in model.named_modules() if m is last_linear(model))
+    head = [k for k in (f'{name}.weight', f'{name}.bias') if k in sd and k in own and sd[k].shape != own[k].shape]
+    bad = [k for k in sd if k not in head and (k not in own or sd[k].shape != own[k].shape)]
+    bad += [k for k in own if k not in sd and not k.endswith('num_batches_tracked')]
+    if bad:
+        raise ValueError(f"--student-weights: {len(bad)} keys do not fit {type(model).__name__} (e.g. {bad[:3]}): "
+                         "weights of another architecture?")
+    model.load_state_dict({k: v for k, v in sd.items() if k not in head}, strict=False)
+    return head
 
 # %% ../nbs/10_build.ipynb #d818fb82
 def replace_head(model: nn.Module, num_classes: int) -> nn.Module:

@@ -184,7 +184,9 @@ def field_changes(old: dict, new: dict, ignore=RUN_INDEPENDENT, was: str = 'chec
     "`field: WAS X, NOW Y` for each field not in `ignore` (dotted when nested) in which config dicts differ."
     a = flat_fields({k: v for k, v in old.items() if k not in ignore})
     b = flat_fields({k: v for k, v in new.items() if k not in ignore})
-    return [f"{k}: {was} {a.get(k)!r}, {now} {b.get(k)!r}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+    shown = lambda v: repr(round(v, 4) if isinstance(v, float) else v)     # 1.6667, not 1.6666666666666667
+    return [f"{k}: {was} {shown(a.get(k))}, {now} {shown(b.get(k))}" for k in sorted(a.keys() | b.keys())
+            if a.get(k) != b.get(k)]
 
 def as_current(config: dict) -> dict:
     "A config dict written by an earlier version with the fields added since at their defaults (which keep its run)."
@@ -215,7 +217,10 @@ def check_compatible(ck: dict, cfg: TrainConfig, num_classes: int, path: str | P
     diff = field_changes(as_current(ck.get('config', {})), cfg.to_dict())
     if ck.get('num_classes') != num_classes:
         diff.append(f"classes: checkpoint {ck.get('num_classes')}, now {num_classes}")
-    if diff:
-        raise CheckpointError(f"checkpoint {path} was written by another configuration ({'; '.join(diff)}); a resume "
-                              "needs every setting that shapes the run to match: pass another --output for a new run, "
-                              "or --resume never to start this one afresh")
+    if not diff: return
+    longer = all(d.startswith(('epochs:', 'preset.ramp.')) for d in diff)      # --epochs changed, and what follows it
+    advice = (f"to train it longer, start a new run from its student: --student-weights {path} --output NEW_FOLDER "
+              "(a fresh schedule of --epochs; this run stays as it is)" if longer else
+              "pass another --output for a new run (this one stays as it is), or --resume never to overwrite it")
+    raise CheckpointError(f"checkpoint {path} was written by another configuration ({'; '.join(diff)}); a resume "
+                          f"continues a run only with every setting that shapes it unchanged: {advice}")

@@ -96,6 +96,11 @@ EXAMPLES = """examples:
       --model resnet18 --teacher-weights runs/vit_cifar100/teacher.pt \\
       --output runs/cifar100_dkd
 
+  # a Swin-T teacher (no class token, so no cls term); its last stage is a 7x7
+  # grid at 224 px: smaller crops give it fewer tokens, and one token is refused
+  cakd-train --data /data/imagenet --teacher swin_t --model resnet50 \\
+      --output runs/cakd_swin_t
+
   # a CPU smoke run on a small ImageFolder
   cakd-train --data runs/digits --output runs/smoke --device cpu \\
       --model resnet18 --epochs 1 --batch-size 16 --workers 0 \\

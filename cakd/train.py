@@ -34,7 +34,7 @@ from .runs import read_records, recorded_teacher
 
 # %% auto #0
 __all__ = ['USER_ERRORS', 'Stop', 'StopFlag', 'Evaluator', 'Trainer', 'resume_checkpoint', 'epoch_sums', 'add_step',
-           'progress', 'advance', 'epoch_line', 'resize_note', 'schedule_line', 'train']
+           'step_line', 'progress', 'advance', 'epoch_line', 'resize_note', 'schedule_line', 'train']
 
 # %% ../nbs/11_train.ipynb #4a1c9e2b
 class Stop(Exception): "Raised to leave the training loop after a signal."
@@ -333,10 +333,21 @@ def train_epoch(self: Trainer) -> tuple:
 
 @patch
 def log_step(self: Trainer, logs: dict, img_per_s: float):
-    "A step record: in the log always, printed when the output is not a terminal (where the bar shows progress)."
-    self.log({'event': 'step', 'epoch': self.epoch, 'step': self.distiller.steps,
-              'lr': self.distiller.opt.param_groups[0]['lr'], 'img_per_s': round(img_per_s, 1), **logs},
-             echo=not sys.stderr.isatty())
+    "A step record: in the log always; as a line of words when the output is not a terminal (a bar shows it there)."
+    r = self.log({'event': 'step', 'epoch': self.epoch, 'step': self.distiller.steps,
+                  'lr': self.distiller.opt.param_groups[0]['lr'], 'img_per_s': round(img_per_s, 1), **logs}, echo=False)
+    if sys.stderr.isatty() or not self.env.main: return
+    total = self.cfg.epochs * self.steps_per_epoch()
+    eta = (total - r['step']) * self.cfg.batch_size * self.env.world / img_per_s if img_per_s > 0 else None
+    print(step_line(r, total, self.cfg.epochs, eta), flush=True)
+
+def step_line(record: dict, total: int, epochs: int, eta_s: float | None = None) -> str:
+    "A step record in words: `step 10/120 (epoch 1/3): loss 2.3100, lr 0.01, 45.2 images/s, about 1m38s to go`."
+    r = record
+    words = [f"loss {r['loss']:.4f}"] if 'loss' in r else []
+    words += [f"lr {r['lr']:.3g}", f"{r['img_per_s']:.1f} images/s"]
+    if eta_s is not None: words.append(f"about {int(eta_s // 60)}m{int(eta_s % 60):02d}s to go (training only)")
+    return f"step {r['step']}/{total} (epoch {r['epoch'] + 1}/{epochs}): " + ', '.join(words)
 
 # %% ../nbs/11_train.ipynb #4ed61a6d
 def progress(main: bool, desc: str, total: int, initial: int = 0):
@@ -372,13 +383,15 @@ def end_epoch(self: Trainer, train_logs: dict, skipped: int, lr: float) -> dict:
     return record
 
 def epoch_line(record: dict, epochs: int, images: int) -> str:
-    "An epoch's record in words: `epoch 3/23: loss 0.4100, val top-1 92.5 (standard resize 37: 92.2), ...`."
+    """An epoch's record in words: `epoch 3/23: loss 0.4100, val top-1 92.5 (92.2 resized to 37 px, centre-cropped),
+    ...`: top-1 at the first resize (resize = crop), then at each other (the standard one, crop / 0.875)."""
     r = record
     words = [f"loss {r.get('train_loss', float('nan')):.4f}"]
     if 'val_top1' not in r: words.append('not evaluated this epoch')
     else:
         second = [(k.split('_')[1], v) for k, v in r.items() if re.fullmatch(r'val_\d+_top1', k)]
-        words.append(f"val top-1 {r['val_top1']:.1f}" + ''.join(f" (standard resize {k}: {v:.1f})" for k, v in second))
+        others = ''.join(f" ({v:.1f} resized to {k} px, centre-cropped)" for k, v in second)
+        words.append(f"val top-1 {r['val_top1']:.1f}{others}")
     if 'val_agree' in r: words.append(f"agreement {r['val_agree']:.1f}")
     if 'ema_top1' in r: words.append(f"EMA top-1 {r['ema_top1']:.1f}")
     elif r.get('ema_updates') == 0: words.append("EMA not updated yet (--model-ema-steps > the steps so far)")
@@ -443,8 +456,10 @@ def announce(self: Trainer):
     say = lambda msg: print(f"[rank {e.rank}/{e.world}] {msg}", flush=True)
     trains = f"fine-tunes {c.teacher}" if get_method(c.method).finetunes else f"student {c.model}"
     say(f"device {e.device}, {len(self.train_ds)} training images, {len(self.classes)} classes, method {c.method}, "
-        f"{trains}" + (f", tap {d.layer}" if d.layer else ''))
+        f"{trains}" + (f", tap {d.layer}" if d.layer and d.distils else ''))
     if d.teacher is not None and e.main: say(weights_line(c))
+    if c.student_weights not in (None, 'none') and e.main:
+        say(f"student {c.model}: starts from {c.student_weights} (a classifier of another class count: as built)")
     ramp = c.preset.ramp
     if d.distils and ramp is not None: say(schedule_line(ramp, c.epochs, self.steps_per_epoch()))
     for w in run_warnings(c, e.world) if e.main else []: say(f"warning: {w}")

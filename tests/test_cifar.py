@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from cakd.cli import cli
+from cakd.config import CONFIG_VERSION
 from cakd.datasets import write_cifar
 from cakd.runs import read_records
 
@@ -168,7 +169,7 @@ def test_export_is_the_plain_student_and_matches_pytorch(cifar, teacher, fmt, tm
     assert (got - want).abs().max().item() <= tolerance
     bad = subprocess.run([BIN / 'cakd-export', run, '--weights', 'ema'], capture_output=True, text=True)
     assert bad.returncode == 1 and 'student_ema_last.pt does not exist' in bad.stderr
-    assert info['config'] == {'version': 2, 'filled': []}
+    assert info['config'] == {'version': CONFIG_VERSION, 'filled': []}
     if fmt == 'torchscript':                            # a run folder of an earlier version: what was filled is said
         old = tmp_path / 'old_run'
         shutil.copytree(run, old)

@@ -105,3 +105,24 @@ def test_a_yaml_syntax_error_is_one_line_naming_file_line_and_column(tmp_path):
     assert r.returncode != 0 and r.stdout == ''
     assert r.stderr.strip().splitlines() == [f'cakd-train: error: {bad}:2:9: not valid YAML: mapping values are not '
                                              'allowed here']
+
+
+def test_student_weights_start_the_student_and_bad_ones_are_one_line(digits, tmp_path):
+    import torch
+    import torchvision
+    start = torchvision.models.resnet18(num_classes=1000)                  # ImageNet's head: 10 classes keep their own
+    torch.save(start.state_dict(), tmp_path / 'r18.pt')
+    base = [str(Path(sys.executable).parent / 'cakd-train'), '--data', str(digits), '--device', 'cpu', '--model',
+            'resnet18', '--method', 'baseline', '--teacher', 'none', '--epochs', '1', '--max-steps-per-epoch', '1',
+            '--batch-size', '8', '--workers', '0', '--lr', '0', '--no-model-ema', '--no-ra-sampler']
+    r = subprocess.run(base + ['--student-weights', str(tmp_path / 'r18.pt'), '--output', str(tmp_path / 'run')],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"student resnet18: starts from {tmp_path / 'r18.pt'}" in r.stdout
+    trained = torch.load(tmp_path / 'run' / 'student_last.pt', weights_only=True)
+    assert torch.equal(trained['conv1.weight'], start.conv1.weight) and trained['fc.weight'].shape == (10, 512)
+    r = subprocess.run(base + ['--student-weights', 'IMAGENET9K', '--output', str(tmp_path / 'bad')],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and not (tmp_path / 'bad').exists()
+    assert r.stderr.strip().splitlines()[-1].startswith('cakd-train: error: --student-weights IMAGENET9K: neither a '
+                                                        'weights file nor one of resnet18')

@@ -1,6 +1,7 @@
 """The experiment notebooks: one parameters cell each, and `make reproduce` run for real with tiny parameters."""
 import json
 import re
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -177,6 +178,11 @@ def test_imagenet_dry_run_checks_and_stops(digits, tmp_path):
     assert not (tmp_path / 'dry' / 'log.jsonl').exists() and not (tmp_path / 'dry' / 'results.json').exists()
     printed = ''.join(''.join(o.get('text', '')) for c in nb['cells'] for o in c.get('outputs', []))
     assert '--nproc_per_node=2' in printed and '"world_size": 2' in printed
+    assert 'dry run: nothing launched; this would run:\ntorchrun ' in printed
+    line = printed.split('this would run:\n')[1].splitlines()[0]
+    args = shlex.split(line)                                                  # the printed line pastes into a shell
+    assert args[0] == 'torchrun' and '--nproc_per_node=2' in args
+    assert json.loads(args[args.index('--teacher-options') + 1])['patch_size'] == 4
 
 
 @pytest.mark.parametrize('case', ['folder', 'classes'])   # no CUDA: test_make_imagenet_as_the_readme_prints_it
@@ -296,3 +302,39 @@ def test_results_notebook_reads_plain_cakd_train_runs(tmp_path):
                         parameters=dict(folder=str(tmp_path / 'runs'), output=str(out)), progress_bar=False)
     (row,) = json.loads((out / 'results-summary.json').read_text())['summary']
     assert (row['run'], row['dataset'], row['method'], row['mean'], row['n']) == ('my_run', 'cifar100', 'kd', 51.25, 1)
+
+TWINS_TINY = ('-p teacher_steps 6 -p teacher_batch 8 -p gate_images 16 -p labelled 32 -p transfer_size 16 '
+              '-p val_size 16 -p steps 2 -p batch_size 8 -p transfer_batch_size 8 -p seeds 0,1 '
+              '-p arms baseline,kd_matched,cakd_official,relations,relations_permuted')
+
+
+def test_make_cluttered_runs_the_relational_protocol_with_tiny_parameters(tmp_path):
+    out = tmp_path / 'twins'
+    r = make('cluttered', out, ARGS=TWINS_TINY)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
+    res = json.loads((out / 'results.json').read_text())
+    assert res['protocol']['selection']['dev_seed'] not in res['protocol']['test_seeds'] == [0, 1]
+    gate = res['gate']
+    assert set(gate['teachers']) == {'0', '1'} and gate['block'] == res['protocol']['selection']['teacher_block']
+    for g in gate['teachers'].values():                       # every block measured; 6 steps: no relation, no pass
+        assert len(g['twin_ratio']) == len(g['odd_ratio']) == 4 and 0 <= g['top1'] <= 100
+    assert gate['passed'] is False and 'do not pass the relational gate' in res['verdict']
+    top1 = {m: v['top1'] for m, v in res['methods'].items()}
+    assert [p['against'] for p in res['methods']['relations']['paired']] == ['baseline', 'relations_permuted']
+    assert [p['against'] for p in res['methods']['cakd_official']['paired']] == ['baseline', 'kd_matched']
+    for v in res['methods'].values():
+        for p in v['paired']:
+            expected = [a - b for a, b in zip(v['top1'], top1[p['against']])]
+            assert p['n'] == 2 and p['per_seed'] == pytest.approx(expected)
+            assert p['ci95'][0] <= p['mean'] <= p['ci95'][1] or p['sd'] != p['sd']
+    read = lambda a, s: json.loads((out / f'{a}_seed{s}' / 'config.json').read_text())
+    cfg = {(a, s): read(a, s) for a in res['methods'] for s in (0, 1)}
+    assert cfg['relations', 0]['preset']['weights']['kd'] == 0 and cfg['relations', 0]['preset']['weights']['attn'] > 0
+    assert cfg['relations_permuted', 0]['preset']['permute_relations'] and not cfg['relations', 0]['preset'][
+        'permute_relations']
+    assert {c['preset']['teacher_block'] for c in cfg.values()} == {gate['block']}
+    assert [cfg['baseline', s]['teacher_weights'] for s in (0, 1)] == [str(out / f'teacher_seed{s}.pt') for s in (0, 1)]
+    for fig in ('teacher_attention.png', 'accuracy.png', 'gain.png', 'diagnostics_cakd_official.png'):
+        assert (out / fig).stat().st_size > 5000
+    bad = make('cluttered', tmp_path / 'bad', ARGS=TWINS_TINY + ' -p dev_seed 1')
+    assert bad.returncode != 0 and 'dev_seed=1 chooses the teacher block: it cannot be a test seed' in bad.stderr

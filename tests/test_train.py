@@ -259,8 +259,11 @@ def test_class_count_mismatch_and_foreign_checkpoint(digits, tmp_path, fail, mai
     err = fail('--data', str(digits), '--output', str(out), '--epochs', '2', *SMALL, '--method', 'logits')
     assert f"checkpoint {out / 'checkpoint.pt'} was written by another configuration (" in err
     assert "epochs: checkpoint 1, now 2" in err and "method: checkpoint 'baseline', now 'logits'" in err
-    assert ("a resume needs every setting that shapes the run to match: pass another --output for a new run, or "
-            "--resume never to start this one afresh") in err
+    assert ("a resume continues a run only with every setting that shapes it unchanged: pass another --output for a "
+            "new run (this one stays as it is), or --resume never to overwrite it") in err
+    err = fail('--data', str(digits), '--output', str(out), *[str(a) for a in args[4:]], '--epochs', '3')
+    assert "(epochs: checkpoint 1, now 3" in err and '--resume never' not in err      # longer: its weights, anew
+    assert f"to train it longer, start a new run from its student: --student-weights {out / 'checkpoint.pt'}" in err
     err = fail('--data', str(digits), '--output', str(out), *[str(a) for a in args[4:]], '--lr', '0.5')
     assert 'another configuration (lr: checkpoint 0.01, now 0.5)' in err     # a finished run with another lr
     # --resume takes a run folder for its checkpoint.pt; weights or a missing folder are refused in one line,
