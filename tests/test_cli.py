@@ -114,7 +114,8 @@ def test_student_weights_start_the_student_and_bad_ones_are_one_line(digits, tmp
     torch.save(start.state_dict(), tmp_path / 'r18.pt')
     base = [str(Path(sys.executable).parent / 'cakd-train'), '--data', str(digits), '--device', 'cpu', '--model',
             'resnet18', '--method', 'baseline', '--teacher', 'none', '--epochs', '1', '--max-steps-per-epoch', '1',
-            '--batch-size', '8', '--workers', '0', '--lr', '0', '--no-model-ema', '--no-ra-sampler']
+            '--batch-size', '8', '--workers', '0', '--lr', '0', '--no-model-ema', '--no-ra-sampler',
+            '--train-crop-size', '32']
     r = subprocess.run(base + ['--student-weights', str(tmp_path / 'r18.pt'), '--output', str(tmp_path / 'run')],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
