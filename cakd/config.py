@@ -99,9 +99,9 @@ class ModelOptions:
     "student and teacher"
     model: str = _opt('resnet50', 'student: a torchvision classification model name, or timm:<name>')
     model_options: dict = _opt({}, 'keyword arguments of the student constructor (JSON on the command line)')
-    student_weights: str | None = _opt(None, "the student's starting weights: a torchvision weights name (IMAGENET1K_V1, "
-                                       "DEFAULT), a .pt/.pth/.safetensors file or a cakd-train run's checkpoint.pt "
-                                       "(its student); none: random")
+    student_weights: str | None = _opt(None, "the student's starting weights: a torchvision weights name "
+                                       "(IMAGENET1K_V1, DEFAULT), a .pt/.pth/.safetensors file or a cakd-train run's "
+                                       "checkpoint.pt (its student); none: random")
     student_layer: str | None = _opt(None, 'student stage to tap (default: the last one at the teacher patch stride)')
     teacher: str = _opt('vit_b_16', 'teacher: a torchvision ViT name, timm:<name>, or none (baseline only)')
     teacher_weights: str | None = _opt('IMAGENET1K_V1', 'torchvision weights name, a .pt/.pth/.safetensors file, '

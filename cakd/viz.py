@@ -74,14 +74,14 @@ def method_table(results: dict) -> 'pd.DataFrame':
 
 def gain_plot(gains: dict, title: str = 'paired top-1 difference per seed (points); whiskers: 95% interval'):
     "Per-seed paired differences (dots), their mean (bar) and 95% interval (whiskers) for each comparison."
-    width, wrap = max(4.2, min(12.0, 1.2 + 1.9 * len(gains))), 22 if len(gains) <= 5 else 13   # many: narrower
+    width, wrap = max(4.2, min(16.0, 1.2 + 1.6 * len(gains))), 22 if len(gains) <= 5 else 13   # many: narrower
     fig, ax = plt.subplots(figsize=(width, 3.6))
     for i, (m, g) in enumerate(gains.items()):
         lo, hi = g['ci95']
         ax.bar(i, g['mean'], color='#9ecae1', yerr=[[g['mean'] - lo], [hi - g['mean']]], capsize=4)
         ax.plot([i] * len(g['per_seed']), g['per_seed'], 'o', color='#08519c', ms=5)
     ax.axhline(0, color='k', lw=0.8)
-    name = lambda m: textwrap.fill(m, wrap, break_long_words=False)
+    name = lambda m: textwrap.fill(m.replace('_', '_ '), wrap, break_long_words=False).replace('_ ', '_')  # at _ too
     labels = [f"{name(m)}\n({g['positive']}/{count(g['n'], 'seed')} > 0)" for m, g in gains.items()]
     ax.set_xticks(range(len(gains)), labels, fontsize=8)
     ax.set_xlim(-0.7, len(gains) - 0.3)
