@@ -64,10 +64,11 @@ def chromium():
 
 
 def screenshot(page: Path, png: Path):
-    cmd = [chromium(), '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-           '--no-first-run',
-           f'--user-data-dir={tempfile.mkdtemp()}', f'--screenshot={png}', '--window-size=1280,900', page.as_uri()]
-    subprocess.run(cmd, capture_output=True, timeout=120)
+    with tempfile.TemporaryDirectory() as profile:                         # Chromium's profile, removed after
+        cmd = [chromium(), '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+               '--no-first-run', f'--user-data-dir={profile}', f'--screenshot={png}', '--window-size=1280,900',
+               page.as_uri()]
+        subprocess.run(cmd, capture_output=True, timeout=120)
     assert png.exists(), f'no screenshot of {page}'
 
 
@@ -102,10 +103,11 @@ def dom(page: Path, probe: bool = False) -> str:
         copy = page.with_name(page.stem + '-probe.html')                   # beside it: relative links still work
         copy.write_text(page.read_text().replace('</body>', script + '</body>'))
         page = copy
-    cmd = [chromium(), '--headless', '--no-sandbox', '--disable-gpu', '--no-first-run',
-           '--host-resolver-rules=MAP * ~NOTFOUND', f'--user-data-dir={tempfile.mkdtemp()}',
-           '--virtual-time-budget=5000', '--dump-dom', page.as_uri()]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    with tempfile.TemporaryDirectory() as profile:
+        cmd = [chromium(), '--headless', '--no-sandbox', '--disable-gpu', '--no-first-run',
+               '--host-resolver-rules=MAP * ~NOTFOUND', f'--user-data-dir={profile}',
+               '--virtual-time-budget=5000', '--dump-dom', page.as_uri()]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
 
 
 def visible_text(html_text: str) -> str:
